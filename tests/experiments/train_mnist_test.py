@@ -1,0 +1,141 @@
+"""Smoke, error and signal tests of `python -m experiments.train_mnist`."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import helpers
+from tff_pipeline.runtime import workers
+
+MODULE = 'experiments.train_mnist'
+TINY = ['--model=2nn', '--num_clients=20', '--clients_per_round=2',
+        '--client_batch_size=50', '--total_rounds=2', '--progress=false']
+
+
+def test_smoke_two_rounds(tmp_path):
+  before = helpers.worker_binary_pids()
+  done = helpers.run_binary(MODULE, '--experiment_name=smoke',
+                            f'--root_output_dir={tmp_path}', *TINY)
+  assert done.returncode == 0, done.stderr
+  results = tmp_path / 'results' / 'smoke'
+  with open(results / 'experiment.metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['round_num'] for r in rows] == ['1', '2']
+  assert {'eval/accuracy', 'eval/loss', 'client_work/train/loss',
+          'round_seconds'} <= set(rows[0])
+  summary = json.loads((results / 'summary.json').read_text())
+  assert summary['rounds_completed'] == 2 and summary['status'] == 'completed'
+  assert summary['final_eval_accuracy'] == pytest.approx(
+      float(rows[-1]['eval/accuracy']))
+  # Two rounds of two 3000-image clients already beat chance by far.
+  assert summary['final_eval_accuracy'] > 0.8
+  assert set(summary['eval_accuracy_by_round']) == {'1', '2'}
+  assert len(summary['round_seconds']) == 2 and summary['setup_seconds'] > 0
+  assert summary['task_facts']['model_parameters'] == 199_210
+  with open(results / 'hparams.csv') as f:
+    hparams = next(csv.DictReader(f))
+  assert hparams['model'] == '2nn' and hparams['partition'] == 'iid'
+  assert (results / 'accuracy.png').exists()
+  assert 'final test accuracy' in done.stdout
+  assert not helpers.worker_binary_pids() - before
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--clients_per_round=0'], '--clients_per_round=0 must be positive'),
+    (['--clients_per_round=30'],
+     '--clients_per_round=30 must not exceed --num_clients=20'),
+    (['--partition=stripes'], '--partition=stripes: value should be one of'),
+    (['--model=vgg'], '--model=vgg: value should be one of <cnn|2nn>'),
+    (['--algorithm=fedmagic'], '--algorithm=fedmagic: value should be one of'),
+    (['--client_learning_rate=0'], '--client_learning_rate=0.0 must be a '
+     'positive'),
+    (['--server_learning_rate=-1'], '--server_learning_rate=-1.0 must be'),
+    (['--mnist_path=/no/such/mnist.npz'],
+     '--mnist_path=/no/such/mnist.npz: no such file'),
+    (['--total_rounds=many'], '--total_rounds=many'),
+    (['stray'], 'unexpected positional arguments'),
+])
+def test_bad_input_gets_one_line(tmp_path, args, message):
+  before = helpers.worker_binary_pids()
+  done = helpers.run_binary(MODULE, '--experiment_name=bad',
+                            f'--root_output_dir={tmp_path}', *TINY, *args)
+  assert done.returncode != 0
+  errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and message in errors[0], done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not helpers.worker_binary_pids() - before
+
+
+def test_corrupt_mnist_file_and_unwritable_output(tmp_path):
+  corrupt = tmp_path / 'mnist.npz'
+  corrupt.write_bytes(b'not a zip file at all')
+  done = helpers.run_binary(MODULE, '--experiment_name=bad',
+                            f'--root_output_dir={tmp_path}', *TINY,
+                            f'--mnist_path={corrupt}')
+  assert done.returncode == 2
+  assert f'error: --mnist_path={corrupt}: not a readable .npz' in done.stderr
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  done = helpers.run_binary(MODULE, '--experiment_name=bad',
+                            f'--root_output_dir={blocker}', *TINY)
+  assert done.returncode == 2
+  assert f'error: --root_output_dir={blocker}: cannot write' in done.stderr
+  assert 'Traceback' not in done.stderr
+
+
+def test_missing_experiment_name(tmp_path):
+  done = helpers.run_binary(MODULE, f'--root_output_dir={tmp_path}', *TINY)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      'error: flag --experiment_name=None')
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_progress_stops_worker_and_resume_finishes(
+    tmp_path, signum):
+  # 2 clients of 30000 images, batch 10: a round takes a few seconds.
+  args = ['--experiment_name=sig', f'--root_output_dir={tmp_path}',
+          '--model=2nn', '--num_clients=2', '--clients_per_round=1',
+          '--client_batch_size=10', '--total_rounds=3',
+          '--rounds_per_checkpoint=10', '--progress=false']
+  before = helpers.worker_binary_pids()
+  process = subprocess.Popen(
+      [sys.executable, '-m', MODULE, *args], cwd=helpers.REPO_ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  summary_path = tmp_path / 'results' / 'sig' / 'summary.json'
+
+  def first_round_done():
+    try:
+      return json.loads(summary_path.read_text())['rounds_completed'] >= 1
+    except (OSError, ValueError):
+      return False
+
+  try:
+    assert workers.wait_until(first_round_done, timeout=300, interval=0.1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr
+  assert 'Run the same command again to resume' in stderr
+  assert 'Traceback' not in stderr
+  assert not helpers.worker_binary_pids() - before
+  completed = json.loads(summary_path.read_text())['rounds_completed']
+  if completed < 3:
+    assert json.loads(summary_path.read_text())['status'] == 'interrupted'
+  checkpoints = os.listdir(tmp_path / 'checkpoints' / 'sig')
+  assert f'round_{completed}' in checkpoints
+  resumed = helpers.run_binary(MODULE, *args)
+  assert resumed.returncode == 0, resumed.stderr
+  summary = json.loads(summary_path.read_text())
+  assert summary['resumed_from_round'] == completed
+  assert summary['rounds_completed'] == 3
+  with open(tmp_path / 'results' / 'sig' / 'experiment.metrics.csv') as f:
+    assert [r['round_num'] for r in csv.DictReader(f)] == ['1', '2', '3']

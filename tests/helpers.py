@@ -1,0 +1,36 @@
+"""Helpers for tests that run binaries and watch processes."""
+
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker_binary_pids() -> set[int]:
+  """PIDs of every running (not zombie) `worker_binary` on this machine."""
+  pids = set()
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        cmdline = f.read()
+      with open(f'/proc/{entry}/stat') as f:
+        state = f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+      continue
+    if b'worker_binary' in cmdline.split(b'\0')[0] and state != 'Z':
+      pids.add(int(entry))
+  return pids
+
+
+def run_binary(module: str, *args: str, timeout: float = 600,
+               **kwargs) -> subprocess.CompletedProcess:
+  """Runs `python -m <module> <args>` from the repository root."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run(
+      [sys.executable, '-m', module, *args],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=timeout, **kwargs,
+  )

@@ -1,0 +1,81 @@
+"""The pipeline owns its TFF worker processes on every exit path."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tests import helpers
+from tff_pipeline import errors
+from tff_pipeline import runtime as runtime_lib
+from tff_pipeline.runtime import workers
+
+
+@tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+def _sum(values):
+  return tff.federated_sum(values)
+
+
+def test_runtime_runs_computations_and_stops_its_worker():
+  with runtime_lib.Runtime() as runtime:
+    pid = runtime.local_worker.pid
+    assert pid in helpers.worker_binary_pids()
+    assert _sum([1.0, 2.0, 3.5]) == pytest.approx(6.5)
+  assert pid not in helpers.worker_binary_pids()
+  assert pid not in runtime_lib.live_worker_pids()
+
+
+def test_worker_dies_with_its_parent_even_on_sigkill():
+  script = ('from tff_pipeline import runtime; import time\n'
+            'r = runtime.Runtime(); print(r.local_worker.pid, flush=True)\n'
+            'time.sleep(300)\n')
+  parent = subprocess.Popen([sys.executable, '-c', script],
+                            cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+  try:
+    worker_pid = int(parent.stdout.readline())
+    assert worker_pid in helpers.worker_binary_pids()
+  finally:
+    parent.kill()
+    parent.wait()
+  assert workers.wait_until(
+      lambda: worker_pid not in helpers.worker_binary_pids(), timeout=10)
+
+
+def test_dead_worker_is_reported_not_retried_forever():
+  with runtime_lib.Runtime(connect_timeout=2) as runtime:
+    assert _sum([1.0]) == 1.0
+    os.kill(runtime.local_worker.pid, signal.SIGKILL)
+    runtime.local_worker._process.wait()  # pylint: disable=protected-access
+    start = time.monotonic()
+    with pytest.raises(errors.RuntimeUnavailableError,
+                       match=r'local TFF worker \(pid \d+.*exited'):
+      _sum([2.0])
+    assert time.monotonic() - start < 60
+
+
+def test_unreachable_remote_worker_names_its_address():
+  with pytest.raises(errors.RuntimeUnavailableError,
+                     match='TFF worker localhost:1 is not reachable'):
+    runtime_lib.Runtime(['localhost:1'], connect_timeout=1)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('localhost', 'not host:port'),
+    ('host:0', 'not host:port'),
+    ('host:99999', 'not host:port'),
+    ('a:1,a:1', 'twice'),
+])
+def test_bad_worker_addresses(spec, message):
+  with pytest.raises(errors.UsageError, match=message):
+    runtime_lib.parse_worker_addresses(spec)
+
+
+def test_worker_addresses_parse():
+  assert runtime_lib.parse_worker_addresses(' h1:80, 10.0.0.2:8000 ') == [
+      'h1:80', '10.0.0.2:8000']

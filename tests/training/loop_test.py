@@ -1,0 +1,223 @@
+"""The training loop, checked against NumPy and against itself on resume."""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tff_pipeline import config as config_lib
+from tff_pipeline import errors
+from tff_pipeline import tasks
+from tff_pipeline.data import regression
+from tff_pipeline.training import loop
+
+SPEC = regression.RegressionSpec(num_clients=5, examples_per_client=20,
+                                 noise_std=0.3, size_exponent=1.0, seed=3)
+
+
+@pytest.fixture(scope='module')
+def shards():
+  return regression.make_regression_shards(SPEC)
+
+
+@pytest.fixture(scope='module')
+def task(shards):
+  return tasks.build_regression_task(shards)
+
+
+def _config(tmp_path, **changes):
+  base = config_lib.TrainingConfig(
+      experiment_name='exp', root_output_dir=str(tmp_path), total_rounds=6,
+      clients_per_round=5, client_batch_size=-1,
+      client_optimizer=config_lib.OptimizerConfig(learning_rate=0.2),
+      rounds_per_checkpoint=2, seed=1)
+  return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope='module')
+def process(task, tmp_path_factory, tff_runtime):
+  del tff_runtime
+  return loop.build_process(task, _config(tmp_path_factory.mktemp('p')))
+
+
+def _numpy_gradient_descent(x, y, lr, steps):
+  """Full-batch GD on the pooled MSE from zero; returns the iterates."""
+  design = np.concatenate([x, np.ones((len(x), 1))], 1).astype(np.float64)
+  target = y.astype(np.float64).ravel()
+  theta = np.zeros(design.shape[1])
+  iterates = []
+  for _ in range(steps):
+    grad = 2.0 / len(design) * design.T @ (design @ theta - target)
+    theta = theta - lr * grad
+    iterates.append(theta.copy())
+  return design, target, iterates
+
+
+def test_one_full_batch_local_step_is_gradient_descent(
+    task, shards, process, tmp_path, tff_runtime):
+  """FedAvg with all clients, one full-batch step and server lr 1 is GD on
+  the pooled data: weights n_k/n make the averaged update the pooled
+  gradient step."""
+  result = loop.run_federated(task, _config(tmp_path), process=process,
+                              runtime=tff_runtime, progress=False)
+  design, target, iterates = _numpy_gradient_descent(
+      shards.x, shards.y, 0.2, 6)
+  np.testing.assert_allclose(
+      tasks.flatten_linear_weights(result.final_weights), iterates[-1],
+      atol=1e-5)
+  for row, theta in zip(result.history, iterates):
+    expected_loss = np.mean((design @ theta - target) ** 2)
+    assert row['eval/loss'] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_outputs_follow_the_contract(task, process, tmp_path, tff_runtime):
+  config = _config(tmp_path, total_rounds=3, rounds_per_eval=2)
+  result = loop.run_federated(task, config, process=process,
+                              runtime=tff_runtime, progress=False)
+  results = tmp_path / 'results' / 'exp'
+  with open(results / 'experiment.metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['round_num'] for r in rows] == ['1', '2', '3']
+  assert rows[0]['eval/loss'] == ''  # evaluated at rounds 2 and 3 only
+  assert float(rows[2]['eval/distance_to_optimum']) == pytest.approx(
+      result.summary['final_eval_distance_to_optimum'])
+  assert float(rows[0]['client_work/train/num_examples']) == 100
+  summary = json.loads((results / 'summary.json').read_text())
+  assert summary['status'] == 'completed'
+  assert summary['rounds_completed'] == 3
+  assert len(summary['round_seconds']) == 3
+  assert sorted(summary['eval_distance_to_optimum_by_round']) == ['2', '3']
+  with np.load(results / 'final_weights.npz') as saved:
+    np.testing.assert_array_equal(
+        np.concatenate([saved['arr_0'].ravel(), saved['arr_1']]),
+        summary['final_weights'])
+  with open(results / 'hparams.csv') as f:
+    hparams = next(csv.DictReader(f))
+  assert hparams['client_learning_rate'] == '0.2'
+  assert (results / 'loss.png').stat().st_size > 1000
+  assert os.listdir(tmp_path / 'logdir' / 'exp')
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'exp')) == [
+      'round_2', 'round_3', 'run_config.json']
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_a_crash_gives_the_same_model(task, process, tmp_path,
+                                                   tff_runtime):
+  # Sampling and shuffling matter: 3 of 5 clients per round, batches of 4.
+  changes = dict(clients_per_round=3, client_batch_size=4,
+                 client_epochs_per_round=2)
+  straight = loop.run_federated(
+      task, _config(tmp_path / 'a', **changes), process=process,
+      runtime=tff_runtime, progress=False)
+
+  def crash_after_round_3(round_num, row):
+    del row
+    if round_num == 3:
+      raise _Crash()
+
+  crashed_config = _config(tmp_path / 'b', **changes)
+  with pytest.raises(_Crash):
+    loop.run_federated(task, crashed_config, process=process,
+                       runtime=tff_runtime, progress=False,
+                       on_round_end=crash_after_round_3)
+  resumed = loop.run_federated(task, crashed_config, process=process,
+                               runtime=tff_runtime, progress=False)
+  assert resumed.summary['resumed_from_round'] == 2
+  for a, b in zip(straight.final_weights, resumed.final_weights):
+    np.testing.assert_array_equal(a, b)
+  with open(tmp_path / 'b' / 'results' / 'exp' / 'experiment.metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['round_num'] for r in rows] == ['1', '2', '3', '4', '5', '6']
+  last_straight = {k: v for k, v in straight.history[-1].items()
+                   if k != 'round_seconds'}
+  last_resumed = {k: v for k, v in resumed.history[-1].items()
+                  if k != 'round_seconds'}
+  assert last_straight == last_resumed
+
+
+def test_resume_with_other_flags_is_refused(task, process, tmp_path,
+                                            tff_runtime):
+  config = _config(tmp_path, total_rounds=2)
+  loop.run_federated(task, config, process=process, runtime=tff_runtime,
+                     progress=False, hparams={'client_learning_rate': 0.2})
+  longer = dataclasses.replace(config, total_rounds=3)
+  with pytest.raises(errors.CheckpointError,
+                     match=r"--client_learning_rate=0.2 -> 0.3.*--allow_flag_changes"):
+    loop.run_federated(task, longer, process=process, runtime=tff_runtime,
+                       progress=False, hparams={'client_learning_rate': 0.3})
+  # A longer run with the same flags resumes; so does an explicit override.
+  result = loop.run_federated(task, longer, process=process,
+                              runtime=tff_runtime, progress=False,
+                              hparams={'client_learning_rate': 0.3},
+                              allow_flag_changes=True)
+  assert result.summary['resumed_from_round'] == 2
+  assert result.summary['rounds_completed'] == 3
+
+
+def test_corrupt_latest_checkpoint_falls_back(task, process, tmp_path,
+                                              tff_runtime, capsys):
+  config = _config(tmp_path, total_rounds=4)
+  straight = loop.run_federated(task, config, process=process,
+                                runtime=tff_runtime, progress=False)
+  checkpoint_dir = tmp_path / 'checkpoints' / 'exp'
+  os.remove(checkpoint_dir / 'round_4' / 'saved_model.pb')
+  resumed = loop.run_federated(task, dataclasses.replace(config),
+                               process=process, runtime=tff_runtime,
+                               progress=False)
+  assert 'round_4 is unreadable' in capsys.readouterr().out
+  assert resumed.summary['resumed_from_round'] == 2
+  assert (checkpoint_dir / 'corrupt_round_4').is_dir()
+  for a, b in zip(straight.final_weights, resumed.final_weights):
+    np.testing.assert_array_equal(a, b)
+
+
+class _PoisonedProcess:
+  """Delegates to a real process, but round 3 returns a NaN global model."""
+
+  def __init__(self, process):
+    self._process = process
+    self.rounds = 0
+
+  def initialize(self):
+    return self._process.initialize()
+
+  def next(self, state, data):
+    output = self._process.next(state, data)
+    self.rounds += 1
+    if self.rounds == 3:
+      weights = output.state.global_model_weights
+      poisoned = weights.trainable[0] * np.nan
+      weights.trainable[0] = poisoned
+    return output
+
+
+def test_non_finite_model_stops_with_the_round(task, process, tmp_path,
+                                               tff_runtime):
+  config = _config(tmp_path, total_rounds=6)
+  with pytest.raises(errors.TrainingError, match=r'round 3 produced a '
+                     r'non-finite global model.*checkpoint \(round 2\) is '
+                     'intact'):
+    loop.run_federated(task, config, process=_PoisonedProcess(process),
+                       runtime=tff_runtime, progress=False)
+  summary = json.loads(
+      (tmp_path / 'results' / 'exp' / 'summary.json').read_text())
+  assert summary['status'] == 'failed'
+  assert summary['rounds_completed'] == 2
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'exp')) == [
+      'round_2', 'run_config.json']
+
+
+def test_unwritable_output_dir_is_an_output_error(task, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  config = _config(blocker)
+  with pytest.raises(errors.OutputError, match='--root_output_dir=.*file'):
+    loop.prepare_outputs(config)
+  shutil.rmtree(tmp_path, ignore_errors=True)

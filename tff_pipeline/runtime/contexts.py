@@ -1,0 +1,253 @@
+"""TFF execution contexts that run on workers we start (or are told about).
+
+This is the one module of ours that assembles TFF's execution stack by hand,
+from `tff.framework` pieces; an upgrade of TFF that moves them touches only
+this file.
+
+* Local: one `WorkerProcess` on this machine, owned by the `Runtime`.
+* Remote: `host:port` addresses of workers started elsewhere with
+  `python -m experiments.run_worker`. With several workers, each round's
+  clients are split across them with TFF's mergeable-computation context.
+
+A worker that cannot be reached, or dies mid-round, raises
+`errors.RuntimeUnavailableError` naming its address. (TFF would otherwise
+retry an UNAVAILABLE worker forever, which looks like a hang.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import grpc
+import tensorflow_federated as tff
+
+from tff_pipeline import errors
+from tff_pipeline.runtime import workers as workers_lib
+
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_GRPC_CHANNEL_OPTIONS = [
+    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+]
+
+
+def parse_worker_addresses(spec: str | Sequence[str]) -> list[str]:
+  """Parses '--workers=host1:port,host2:port' into a checked address list."""
+  items = spec.split(',') if isinstance(spec, str) else list(spec)
+  addresses = [item.strip() for item in items if item.strip()]
+  for address in addresses:
+    host, sep, port = address.rpartition(':')
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise errors.UsageError(
+          f'--workers: {address!r} is not host:port with a port in 1..65535'
+      )
+  if len(set(addresses)) != len(addresses):
+    raise errors.UsageError(f'--workers lists an address twice: {addresses}')
+  return addresses
+
+
+class _WorkerConnection:
+  """A gRPC channel and TFF stub to one worker, with readiness checks."""
+
+  def __init__(
+      self,
+      address: str,
+      process: workers_lib.WorkerProcess | None,
+      connect_timeout: float,
+  ):
+    self.address = address
+    self.process = process
+    self.connect_timeout = connect_timeout
+    self.channel = grpc.insecure_channel(address, _GRPC_CHANNEL_OPTIONS)
+    self.stub = tff.framework.RemoteExecutorGrpcStub(self.channel)
+
+  def describe(self) -> str:
+    if self.process is not None:
+      return f'local TFF worker (pid {self.process.pid}, {self.address})'
+    return f'TFF worker {self.address}'
+
+  def ensure_ready(self, timeout: float | None = None) -> None:
+    """Waits for the channel to be READY, or raises a clear error."""
+    if self.process is not None and not self.process.is_running():
+      tail = self.process.log_tail()
+      raise errors.RuntimeUnavailableError(
+          f'{self.describe()} exited with code {self.process.returncode()}'
+          + (f': {tail.splitlines()[-1]}' if tail else '')
+      )
+    if self.stub.is_ready:
+      return
+    timeout = self.connect_timeout if timeout is None else timeout
+    ready = workers_lib.wait_until(
+        lambda: self.stub.is_ready
+        or (self.process is not None and not self.process.is_running()),
+        timeout,
+    )
+    if ready and self.stub.is_ready:
+      return
+    if self.process is not None and not self.process.is_running():
+      self.ensure_ready(0)  # Raises with the exit code.
+    raise errors.RuntimeUnavailableError(
+        f'{self.describe()} is not reachable after {timeout:.0f} s; check '
+        'that it is running and that its port is open to this machine'
+    )
+
+  def executor_factory(self) -> tff.framework.ExecutorFactory:
+    def stack_fn(cardinalities):
+      # Server-only sub-computations carry no CLIENTS cardinality; the remote
+      # executor still needs one (see ENVIRONMENT.md).
+      if cardinalities.get(tff.CLIENTS) is None:
+        cardinalities[tff.CLIENTS] = 0
+      self.ensure_ready()
+      executor = tff.framework.RemoteExecutor(self.stub)
+      executor.set_cardinalities(cardinalities)
+      return executor
+
+    return tff.framework.ResourceManagingExecutorFactory(stack_fn)
+
+  def close(self) -> None:
+    self.channel.close()
+
+
+def _context_kwargs() -> dict:
+  return dict(
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
+  )
+
+
+class Runtime:
+  """An execution context and the workers behind it.
+
+  Use it as a context manager: inside the `with` block, TFF computations run
+  on these workers; on exit the local worker (if any) is stopped.
+
+  Args:
+    worker_addresses: `host:port` of remote workers. Empty means: start one
+      local worker and use it.
+    max_concurrent_computation_calls: For the local worker; -1 is no limit.
+    worker_log: File for the local worker's output (default: /dev/null).
+    connect_timeout: Seconds to wait for a worker to become reachable.
+  """
+
+  def __init__(
+      self,
+      worker_addresses: Sequence[str] = (),
+      *,
+      max_concurrent_computation_calls: int = -1,
+      worker_log: str | None = None,
+      connect_timeout: float = 30.0,
+  ):
+    self.local_worker: workers_lib.WorkerProcess | None = None
+    self._connections: list[_WorkerConnection] = []
+    addresses = list(worker_addresses)
+    try:
+      if not addresses:
+        self.local_worker = workers_lib.WorkerProcess(
+            max_concurrent_computation_calls=max_concurrent_computation_calls,
+            log_path=worker_log,
+        ).start()
+        self._connections = [_WorkerConnection(
+            self.local_worker.address, self.local_worker, connect_timeout)]
+      else:
+        self._connections = [
+            _WorkerConnection(a, None, connect_timeout) for a in addresses
+        ]
+      for connection in self._connections:
+        connection.ensure_ready()
+      self.context = self._build_context()
+    except BaseException:
+      self.close()
+      raise
+
+  @property
+  def addresses(self) -> list[str]:
+    return [c.address for c in self._connections]
+
+  def _build_context(self):
+    if len(self._connections) == 1:
+      return tff.framework.SyncExecutionContext(
+          self._connections[0].executor_factory(), **_context_kwargs()
+      )
+    async_contexts = [
+        tff.framework.AsyncExecutionContext(
+            c.executor_factory(), **_context_kwargs()
+        )
+        for c in self._connections
+    ]
+    return tff.backends.native.create_mergeable_comp_execution_context(
+        async_contexts
+    )
+
+  def check_workers(self) -> None:
+    """Raises `RuntimeUnavailableError` if any worker is gone."""
+    for connection in self._connections:
+      connection.ensure_ready()
+
+  def close(self) -> None:
+    for connection in self._connections:
+      connection.close()
+    if self.local_worker is not None:
+      self.local_worker.stop()
+
+  @contextlib.contextmanager
+  def installed(self) -> Iterator['Runtime']:
+    """Makes this runtime's context the current TFF context (this thread)."""
+    with tff.framework.get_context_stack().install(self.context):
+      yield self
+
+  def __enter__(self) -> 'Runtime':
+    self._installed = self.installed()
+    self._installed.__enter__()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    try:
+      self._installed.__exit__(*exc_info)
+    finally:
+      self.close()
+
+
+_default_runtime: Runtime | None = None
+
+
+def use_local_runtime(**kwargs) -> Runtime:
+  """Returns the default managed local runtime, starting it if needed.
+
+  Used by notebooks and tests: TFF computations invoked outside any
+  `Runtime` block run on this worker. It is stopped at interpreter exit, or
+  by `shutdown_default_runtime()`. Repeated calls reuse it while it is alive.
+  """
+  global _default_runtime
+  if _default_runtime is None or (
+      _default_runtime.local_worker is not None
+      and not _default_runtime.local_worker.is_running()
+  ):
+    _default_runtime = Runtime(**kwargs)
+  return _default_runtime
+
+
+def shutdown_default_runtime() -> None:
+  """Stops the worker of the default runtime, if one was started."""
+  global _default_runtime
+  if _default_runtime is not None:
+    _default_runtime.close()
+    _default_runtime = None
+
+
+class _ManagedDefaultContext(tff.framework.SyncContext):
+  """The default TFF context: a managed local worker, started on first use.
+
+  TFF's own default context would start an unmanaged worker the first time a
+  computation runs outside any `Runtime`; we put this one in its place.
+  """
+
+  def invoke(self, comp, arg):
+    return use_local_runtime().context.invoke(comp, arg)
+
+
+def install_managed_default_context() -> None:
+  """Replaces TFF's default context (this thread) with a managed one."""
+  tff.framework.set_default_context(_ManagedDefaultContext())

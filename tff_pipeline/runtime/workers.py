@@ -1,0 +1,205 @@
+"""TFF's C++ worker (`worker_binary`) as a child process whose lifetime we own.
+
+TFF's own local context starts `worker_binary --port=N` lazily and relies on a
+`__del__` to stop it, which often does not run at interpreter exit. A leaked
+worker keeps the parent's stdout and stderr open, so a pipe reading them (CI's
+log capture, `cmd | tail`) never ends. We therefore start the worker
+ourselves and make sure it ends on every path:
+
+  * normal exit and exceptions: `WorkerProcess.stop()` from a `finally` and
+    from an `atexit` hook (`stop_all_workers`);
+  * SIGINT/SIGTERM: the handlers in `lifecycle` turn them into exceptions, so
+    the same `finally` blocks run;
+  * SIGKILL of the parent, which runs no Python at all: on Linux the child is
+    started with `PR_SET_PDEATHSIG = SIGKILL`, so the kernel kills it when
+    the thread that started it dies.
+
+The worker's output goes to a log file (or /dev/null), never to our own
+stdout/stderr, so even a worker that somehow survives cannot hold a pipe open.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import portpicker
+import tensorflow_federated as tff
+
+from tff_pipeline import errors
+
+_PR_SET_PDEATHSIG = 1
+
+_live_workers: set['WorkerProcess'] = set()
+_live_lock = threading.Lock()
+
+
+def worker_binary_path() -> str:
+  """Path of the C++ executor service shipped inside the TFF wheel."""
+  path = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
+  if not os.path.isfile(path):
+    raise errors.RuntimeUnavailableError(
+        f'TFF worker binary not found at {path}; is tensorflow-federated '
+        '0.87.0 installed (see BUILD.md)?'
+    )
+  return path
+
+
+def _make_die_with_parent():
+  """Returns a `preexec_fn` that asks the kernel to SIGKILL the child when
+  its parent thread dies (Linux only; elsewhere returns None)."""
+  if not sys.platform.startswith('linux'):
+    return None
+  libc_name = ctypes.util.find_library('c') or 'libc.so.6'
+  # Resolve prctl before forking: the child must only make the call.
+  prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
+  prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                    ctypes.c_ulong, ctypes.c_ulong]
+  parent_pid = os.getpid()
+
+  def die_with_parent():
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # If the parent died between fork and prctl, nobody will ever stop us.
+    if os.getppid() != parent_pid:
+      os._exit(1)
+
+  return die_with_parent
+
+
+class WorkerProcess:
+  """One `worker_binary` child process, serving TFF's executor over gRPC.
+
+  Args:
+    port: TCP port to serve on; a free one is picked when None.
+    max_concurrent_computation_calls: Passed to the worker; -1 is no limit.
+    log_path: File that receives the worker's stdout and stderr; /dev/null
+      when None.
+    extra_env: Environment variables added to the worker's environment.
+  """
+
+  def __init__(
+      self,
+      port: int | None = None,
+      *,
+      max_concurrent_computation_calls: int = -1,
+      log_path: str | None = None,
+      extra_env: dict[str, str] | None = None,
+  ):
+    self.port = port or portpicker.pick_unused_port()
+    self.max_concurrent_computation_calls = max_concurrent_computation_calls
+    self.log_path = log_path
+    self.extra_env = dict(extra_env or {})
+    self._process: subprocess.Popen | None = None
+
+  @property
+  def address(self) -> str:
+    return f'localhost:{self.port}'
+
+  @property
+  def pid(self) -> int | None:
+    return self._process.pid if self._process else None
+
+  def command(self) -> list[str]:
+    return [
+        worker_binary_path(),
+        f'--port={self.port}',
+        '--max_concurrent_computation_calls='
+        f'{self.max_concurrent_computation_calls}',
+    ]
+
+  def start(self) -> 'WorkerProcess':
+    """Starts the process (idempotent while it is running)."""
+    if self.is_running():
+      return self
+    env = dict(os.environ)
+    env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    env.update(self.extra_env)
+    if self.log_path:
+      os.makedirs(os.path.dirname(os.path.abspath(self.log_path)),
+                  exist_ok=True)
+      output = open(self.log_path, 'ab')
+    else:
+      output = open(os.devnull, 'wb')
+    with output:
+      self._process = subprocess.Popen(
+          self.command(),
+          stdin=subprocess.DEVNULL,
+          stdout=output,
+          stderr=subprocess.STDOUT,
+          env=env,
+          preexec_fn=_make_die_with_parent(),
+          close_fds=True,
+      )
+    with _live_lock:
+      _live_workers.add(self)
+    return self
+
+  def is_running(self) -> bool:
+    return self._process is not None and self._process.poll() is None
+
+  def returncode(self) -> int | None:
+    return self._process.poll() if self._process else None
+
+  def log_tail(self, max_chars: int = 400) -> str:
+    if not self.log_path or not os.path.exists(self.log_path):
+      return ''
+    with open(self.log_path, 'rb') as f:
+      f.seek(0, os.SEEK_END)
+      f.seek(max(0, f.tell() - max_chars))
+      return f.read().decode('utf-8', 'replace').strip()
+
+  def stop(self, timeout: float = 5.0) -> None:
+    """Stops the process: SIGINT, then SIGKILL after `timeout` seconds."""
+    process = self._process
+    if process is not None and process.poll() is None:
+      try:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+      except ProcessLookupError:
+        pass
+    with _live_lock:
+      _live_workers.discard(self)
+
+  def __enter__(self) -> 'WorkerProcess':
+    return self.start()
+
+  def __exit__(self, *exc_info) -> None:
+    self.stop()
+
+
+def live_worker_pids() -> list[int]:
+  """PIDs of the workers this process started that are still running."""
+  with _live_lock:
+    return [w.pid for w in _live_workers if w.is_running() and w.pid]
+
+
+def stop_all_workers() -> None:
+  """Stops every worker this process started. Safe to call repeatedly."""
+  with _live_lock:
+    workers = list(_live_workers)
+  for worker in workers:
+    worker.stop()
+
+
+atexit.register(stop_all_workers)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+  """Polls `predicate` until it is true or `timeout` seconds have passed."""
+  deadline = time.monotonic() + timeout
+  while True:
+    if predicate():
+      return True
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(interval)

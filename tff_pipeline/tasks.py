@@ -1,0 +1,281 @@
+"""A task: a Keras model builder, client data, preprocessing and evaluation.
+
+As in google-research/federated, a task is a frozen object that checks at
+construction that the model accepts the data. The training loop needs nothing
+else to run any algorithm on it.
+
+* `build_mnist_task`: partitioned MNIST, paper CNN or 2NN, centralized
+  evaluation on the 10000-image test set.
+* `build_regression_task`: synthetic linear-regression shards, linear model
+  with MSE loss, evaluated by pooled MSE and distance to the closed-form
+  optimum.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_pipeline import errors
+from tff_pipeline import models
+from tff_pipeline.data import client_data as client_data_lib
+from tff_pipeline.data import mnist as mnist_lib
+from tff_pipeline.data import partition as partition_lib
+from tff_pipeline.data import regression as regression_lib
+
+Weights = list[np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What to train, on which clients, and how to judge the global model.
+
+  Attributes:
+    name: Short name, e.g. 'mnist' or 'regression'.
+    model_builder: Returns a fresh, deterministically initialised Keras model.
+    loss_builder: Returns the Keras training loss.
+    metrics_builder: Returns the Keras metrics reported by client training.
+    train_data: The clients' training data.
+    evaluate: Maps the global model's trainable weights (Keras order) to
+      centralized evaluation metrics, e.g. {'accuracy': .., 'loss': ..}.
+    key_metric: The evaluation metric shown on the progress bar.
+    summary_extras: Maps final weights to extra `summary.json` fields.
+    facts: Static facts about the task, recorded in `summary.json`.
+  """
+
+  name: str
+  model_builder: Callable[[], tf.keras.Model]
+  loss_builder: Callable[[], tf.keras.losses.Loss]
+  metrics_builder: Callable[[], list[tf.keras.metrics.Metric]]
+  train_data: client_data_lib.ArrayClientData
+  evaluate: Callable[[Weights], dict[str, float]]
+  key_metric: str
+  summary_extras: Callable[[Weights], dict[str, Any]] = lambda weights: {}
+  facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    model = self.model_builder()
+    spec = self.train_data.element_type_structure
+    model_input = tuple(model.input_shape[1:])
+    data_input = tuple(spec['x'].shape)
+    if model_input != data_input:
+      raise errors.UsageError(
+          f'model {model.name} expects inputs of shape {model_input}, but the '
+          f'{self.name} data has shape {data_input}'
+      )
+
+  def batch_input_spec(self) -> collections.OrderedDict:
+    """Element spec of a batched client dataset."""
+    return collections.OrderedDict(
+        (k, tf.TensorSpec((None,) + tuple(s.shape), s.dtype))
+        for k, s in self.train_data.element_type_structure.items()
+    )
+
+  def tff_model_fn(self) -> Callable[[], tff.learning.models.VariableModel]:
+    """A no-argument function building the TFF model, for the algorithms."""
+    input_spec = self.batch_input_spec()
+
+    def model_fn() -> tff.learning.models.VariableModel:
+      return tff.learning.models.from_keras_model(
+          self.model_builder(),
+          loss=self.loss_builder(),
+          input_spec=input_spec,
+          metrics=self.metrics_builder(),
+      )
+
+    return model_fn
+
+  def client_dataset(
+      self,
+      client_id: str,
+      *,
+      epochs: int,
+      batch_size: int,
+      shuffle_seed: int,
+      max_batches: int | None = None,
+  ) -> tf.data.Dataset:
+    """The client's training data for one round.
+
+    Shuffled with `shuffle_seed` (a new order every epoch), repeated for
+    `epochs`, batched (`batch_size == -1` means one batch of everything), and
+    cut to `max_batches` batches when given.
+    """
+    size = self.train_data.num_examples(client_id)
+    dataset = self.train_data.create_tf_dataset_for_client(client_id)
+    dataset = dataset.shuffle(max(size, 1), seed=shuffle_seed,
+                              reshuffle_each_iteration=True)
+    dataset = dataset.repeat(epochs).batch(
+        size if batch_size == -1 else batch_size
+    )
+    if max_batches is not None:
+      dataset = dataset.take(max_batches)
+    return dataset
+
+
+def _classifier_evaluator(
+    model_builder: Callable[[], tf.keras.Model],
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 2000,
+) -> Callable[[Weights], dict[str, float]]:
+  """Centralized accuracy and cross-entropy of given weights on (x, y).
+
+  The Keras model is rebuilt on every call: TFF builds its own copies of the
+  model inside graph contexts, and Keras then refuses to run models built
+  earlier outside them.
+  """
+  labels = np.asarray(y).reshape(-1)
+
+  def evaluate(weights: Weights) -> dict[str, float]:
+    model = model_builder()
+    model.set_weights(weights)
+    logits = np.concatenate([
+        model(x[i:i + batch_size], training=False).numpy()
+        for i in range(0, len(x), batch_size)
+    ])
+    return {
+        'loss': float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True))),
+        'accuracy': float(np.mean(np.argmax(logits, axis=1) == labels)),
+    }
+
+  return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistTaskSpec:
+  """How to build the MNIST task.
+
+  Attributes:
+    model: '2nn' or 'cnn'.
+    partition: Registry name of the partition.
+    num_clients: Number of clients the 60000 training images are split into.
+    partition_params: Parameters of the partition.
+    mnist_path: Optional Keras npz or IDX directory; packaged copy if empty.
+    seed: Seeds the partition and the model initialisation.
+  """
+
+  model: str = 'cnn'
+  partition: str = 'iid'
+  num_clients: int = 100
+  partition_params: partition_lib.PartitionParams = (
+      partition_lib.PartitionParams()
+  )
+  mnist_path: str = ''
+  seed: int = 0
+
+
+def build_mnist_task(
+    spec: MnistTaskSpec, arrays: mnist_lib.MnistArrays | None = None
+) -> Task:
+  """Partitioned MNIST with the FedAvg paper's models.
+
+  Args:
+    spec: The task's settings.
+    arrays: Already loaded MNIST arrays (tests pass subsets); loaded from
+      `spec.mnist_path` when None.
+  """
+  model_builder_for_seed = models.MODELS.get(spec.model)
+  partition_lib.PARTITIONS.get(spec.partition)
+  if arrays is None:
+    arrays = mnist_lib.load_mnist(spec.mnist_path)
+  indices = partition_lib.partition_indices(
+      spec.partition, arrays.train_y, spec.num_clients, spec.seed,
+      spec.partition_params,
+  )
+  train_data = client_data_lib.ArrayClientData(
+      collections.OrderedDict(x=arrays.train_x, y=arrays.train_y), indices
+  )
+
+  def model_builder() -> tf.keras.Model:
+    return model_builder_for_seed(spec.seed, mnist_lib.IMAGE_SIZE)
+
+  def loss_builder() -> tf.keras.losses.Loss:
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  def metrics_builder() -> list[tf.keras.metrics.Metric]:
+    return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+
+  evaluate = _classifier_evaluator(model_builder, arrays.test_x, arrays.test_y)
+  sizes = train_data.client_sizes()
+  return Task(
+      name='mnist',
+      model_builder=model_builder,
+      loss_builder=loss_builder,
+      metrics_builder=metrics_builder,
+      train_data=train_data,
+      evaluate=evaluate,
+      key_metric='accuracy',
+      facts={
+          'data_source': arrays.source,
+          'model': spec.model,
+          'model_parameters': models.count_parameters(model_builder()),
+          'partition': spec.partition,
+          'num_clients': spec.num_clients,
+          'client_size_min': int(sizes.min()),
+          'client_size_max': int(sizes.max()),
+          'num_test_examples': int(len(arrays.test_y)),
+      },
+  )
+
+
+def flatten_linear_weights(weights: Weights) -> np.ndarray:
+  """[kernel (d, 1), bias (1,)] -> [w_1..w_d, b]."""
+  return np.concatenate([np.ravel(w) for w in weights]).astype(np.float64)
+
+
+def build_regression_task(shards: regression_lib.RegressionShards) -> Task:
+  """Linear regression on synthetic shards, judged against the optimum."""
+  d = shards.spec.num_features
+  optimum = shards.pooled_optimum()
+  train_data = shards.client_data()
+
+  def model_builder() -> tf.keras.Model:
+    return models.build_linear(shards.spec.seed, d)
+
+  def loss_builder() -> tf.keras.losses.Loss:
+    return tf.keras.losses.MeanSquaredError()
+
+  def metrics_builder() -> list[tf.keras.metrics.Metric]:
+    return [tf.keras.metrics.MeanSquaredError(name='mse')]
+
+  x64 = shards.x.astype(np.float64)
+  y64 = shards.y.astype(np.float64).reshape(-1)
+
+  def evaluate(weights: Weights) -> dict[str, float]:
+    flat = flatten_linear_weights(weights)
+    residual = x64 @ flat[:d] + flat[d] - y64
+    return {
+        'loss': float(np.mean(residual**2)),
+        'distance_to_optimum': float(np.linalg.norm(flat - optimum)),
+    }
+
+  def summary_extras(weights: Weights) -> dict[str, Any]:
+    return {
+        'final_weights': flatten_linear_weights(weights).tolist(),
+        'optimum_weights': optimum.tolist(),
+    }
+
+  return Task(
+      name='regression',
+      model_builder=model_builder,
+      loss_builder=loss_builder,
+      metrics_builder=metrics_builder,
+      train_data=train_data,
+      evaluate=evaluate,
+      key_metric='distance_to_optimum',
+      summary_extras=summary_extras,
+      facts={
+          'num_clients': shards.num_clients,
+          'num_examples': int(len(shards.y)),
+          'num_features': d,
+          'true_weights': shards.spec.weights().tolist(),
+          'true_bias': shards.spec.true_bias,
+      },
+  )

@@ -1,0 +1,351 @@
+"""The one training loop: sample, train a round, evaluate, record, checkpoint.
+
+Every binary and the notebooks call `run_federated`. Each round:
+
+1. Sample `clients_per_round` clients uniformly without replacement with
+   `tff.simulation.build_uniform_sampling_fn`, a pure function of
+   (seed, round), so a resumed run samples the same clients.
+2. Build each sampled client's dataset, shuffled with a seed derived from
+   (seed, round, client).
+3. Run the learning process's `next`; stop with a clear error if the new
+   global model is not finite (the last good checkpoint stays intact).
+4. Every `rounds_per_eval` rounds (and at the end), evaluate the global
+   model centrally.
+5. Release the round's metrics to the CSV and TensorBoard managers of
+   `tff.program`; save program state every `rounds_per_checkpoint` rounds (and
+   at the end); rewrite `summary.json` atomically.
+
+Rerunning the same command resumes from the latest checkpoint. The CSV
+manager drops rows at or after the resumed round, so no row is duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_federated as tff
+import tqdm
+
+from tff_pipeline import aggregators
+from tff_pipeline import algorithms
+from tff_pipeline import config as config_lib
+from tff_pipeline import errors
+from tff_pipeline import runtime as runtime_lib
+from tff_pipeline import tasks as tasks_lib
+from tff_pipeline.runtime import lifecycle
+from tff_pipeline.training import checkpoints as checkpoints_lib
+from tff_pipeline.training import outputs as outputs_lib
+from tff_pipeline.training import plots
+
+# Separates the shuffling stream from the other streams derived from --seed.
+_SHUFFLE_STREAM = 0x5348_5546
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a run produced.
+
+  Attributes:
+    history: One dict per completed round (this run and, after a resume, the
+      rounds before it), as written to the metrics CSV.
+    final_weights: Trainable weights of the final global model (Keras order).
+    summary: The content of `summary.json`.
+    paths: Where the outputs are.
+  """
+
+  history: list[dict[str, float]]
+  final_weights: list[np.ndarray]
+  summary: dict[str, Any]
+  paths: outputs_lib.OutputPaths
+
+
+def flatten_metrics(value: Any, prefix: str = '') -> dict[str, float]:
+  """Nested metric mappings -> {'a/b/c': float}; non-scalars are skipped."""
+  flat: dict[str, float] = {}
+  if isinstance(value, Mapping):
+    for key, item in value.items():
+      flat.update(flatten_metrics(item, f'{prefix}{key}/'))
+    return flat
+  array = np.asarray(value)
+  if array.shape == () and np.issubdtype(array.dtype, np.number):
+    flat[prefix.rstrip('/')] = float(array)
+  return flat
+
+
+def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
+  """The shuffle seed of one client in one round."""
+  return int(np.random.SeedSequence(
+      [seed, _SHUFFLE_STREAM, round_num, client_index]
+  ).generate_state(1)[0])
+
+
+def build_process(
+    task: tasks_lib.Task, config: config_lib.TrainingConfig
+) -> tff.learning.templates.LearningProcess:
+  """The learning process for `config.algorithm` and `config.aggregator`."""
+  return algorithms.build_learning_process(
+      task.tff_model_fn(), config, aggregators.build_aggregator(config)
+  )
+
+
+def _is_finite(weights: Sequence[np.ndarray]) -> bool:
+  return all(np.all(np.isfinite(w)) for w in weights)
+
+
+class _Recorder:
+  """Keeps the history, and writes CSV, TensorBoard and summary files."""
+
+  def __init__(self, paths: outputs_lib.OutputPaths, start_round: int):
+    self.paths = paths
+    self.history = outputs_lib.read_metrics_csv(paths.metrics_csv, start_round)
+    self._csv = tff.program.CSVFileReleaseManager(
+        paths.metrics_csv,
+        save_mode=tff.program.CSVSaveMode.WRITE,
+        key_fieldname='round_num',
+    )
+    self._tensorboard = tff.program.TensorBoardReleaseManager(paths.logdir)
+
+  def release(self, round_num: int, row: dict[str, float]) -> None:
+    self.history.append({'round_num': float(round_num), **row})
+
+    async def release_all():
+      await self._csv.release(row, key=round_num)
+      # TensorBoard scalars are float32; huge float64 values become inf
+      # instead of failing the conversion.
+      with np.errstate(over='ignore'):
+        scalars = {k: np.float32(v) for k, v in row.items()}
+      await self._tensorboard.release(scalars, key=round_num)
+
+    asyncio.run(release_all())
+
+
+def _eval_history(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+  """summary fields `final_eval_<m>` and `eval_<m>_by_round` from history."""
+  fields: dict[str, Any] = {}
+  for row in history:
+    for key, value in row.items():
+      if key.startswith('eval/'):
+        name = key[len('eval/'):]
+        by_round = fields.setdefault(f'eval_{name}_by_round', {})
+        by_round[str(int(row['round_num']))] = value
+        fields[f'final_eval_{name}'] = value
+  return fields
+
+
+def prepare_outputs(
+    config: config_lib.TrainingConfig,
+) -> outputs_lib.OutputPaths:
+  """Creates the run's output directories, or fails with `OutputError`.
+
+  Binaries call it before loading data, so an unwritable directory is
+  reported at once.
+  """
+  return outputs_lib.OutputPaths(
+      config.root_output_dir, config.experiment_name
+  ).create()
+
+
+def run_federated(
+    task: tasks_lib.Task,
+    config: config_lib.TrainingConfig,
+    *,
+    hparams: Mapping[str, Any] | None = None,
+    process: tff.learning.templates.LearningProcess | None = None,
+    runtime: runtime_lib.Runtime | None = None,
+    allow_flag_changes: bool = False,
+    progress: bool = True,
+    on_round_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> RunResult:
+  """Trains `task` federatedly as `config` says; resumes if it can.
+
+  Args:
+    task: Model, client data and evaluation.
+    config: Rounds, sampling, optimizers, algorithm, aggregator, seed.
+    hparams: The flags of the run, written to `hparams.csv` and compared on
+      resume. Defaults to the fields of `config`.
+    process: A prebuilt learning process for this task and config (tests
+      reuse one); built here when None.
+    runtime: Execution runtime to use; a local one is started (and stopped)
+      when None.
+    allow_flag_changes: Resume even if `hparams` differ from the checkpoint's.
+    progress: Show a progress bar on stderr.
+    on_round_end: Called with (round_num, metrics row) after each round.
+
+  Returns:
+    A `RunResult`.
+
+  Raises:
+    errors.PipelineError: for bad configuration, unwritable outputs,
+      unusable checkpoints, a non-finite model or an interruption.
+  """
+  config.validate(num_clients=len(task.train_data.client_ids))
+  hparams = dict(hparams) if hparams is not None else _config_hparams(config)
+  paths = prepare_outputs(config)
+  checkpoints = checkpoints_lib.CheckpointManager(paths.checkpoint_dir)
+  checkpoints.check_run_config(hparams, allow_flag_changes)
+  outputs_lib.atomic_write_csv_row(paths.hparams_csv, hparams)
+
+  own_runtime = runtime is None
+  with lifecycle.raise_on_termination_signals():
+    if own_runtime:
+      runtime = runtime_lib.Runtime(worker_log=paths.worker_log)
+    try:
+      with runtime.installed():
+        return _train(task, config, paths, checkpoints, process, progress,
+                      on_round_end)
+    finally:
+      if own_runtime:
+        runtime.close()
+
+
+def _config_hparams(config: config_lib.TrainingConfig) -> dict[str, Any]:
+  flat = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if isinstance(value, config_lib.OptimizerConfig):
+      flat[field.name] = value.name
+      flat[f'{value.role}_learning_rate'] = value.learning_rate
+      flat[f'{value.role}_momentum'] = value.momentum
+      flat[f'{value.role}_epsilon'] = value.epsilon
+    else:
+      flat[field.name] = value
+  return flat
+
+
+def _train(
+    task: tasks_lib.Task,
+    config: config_lib.TrainingConfig,
+    paths: outputs_lib.OutputPaths,
+    checkpoints: checkpoints_lib.CheckpointManager,
+    process: tff.learning.templates.LearningProcess | None,
+    progress: bool,
+    on_round_end: Callable[[int, dict[str, float]], None] | None,
+) -> RunResult:
+  setup_start = time.perf_counter()
+  if process is None:
+    process = build_process(task, config)
+  initial_state = process.initialize()
+  state, start_round = checkpoints.load_latest(initial_state)
+  if state is None:
+    state = initial_state
+  recorder = _Recorder(paths, start_round)
+  setup_seconds = time.perf_counter() - setup_start
+
+  client_ids = task.train_data.client_ids
+  sample = tff.simulation.build_uniform_sampling_fn(
+      client_ids, replace=False, random_seed=config.seed
+  )
+  weights = list(state.global_model_weights.trainable)
+  run_facts = {
+      'experiment_name': config.experiment_name,
+      'task': task.name,
+      'algorithm': config.algorithm,
+      'aggregator': config.aggregator,
+      'total_rounds': config.total_rounds,
+      'clients_per_round': config.clients_per_round,
+      'seed': config.seed,
+      'resumed_from_round': start_round,
+      'setup_seconds': setup_seconds,
+      'task_facts': dict(task.facts),
+      'tensorflow_federated_version': tff.__version__,
+      'results_dir': paths.results_dir,
+  }
+
+  def write_summary(status: str, round_num: int) -> dict[str, Any]:
+    history = recorder.history
+    summary = {
+        **run_facts,
+        'status': status,
+        'rounds_completed': round_num,
+        'round_seconds': [row.get('round_seconds') for row in history],
+        **_eval_history(history),
+        **task.summary_extras(weights),
+    }
+    if history:
+      summary['final_metrics'] = dict(history[-1])
+    outputs_lib.atomic_write_json(paths.summary_json, summary)
+    return summary
+
+  last_saved = start_round
+  round_num = start_round
+  bar = tqdm.tqdm(
+      total=config.total_rounds, initial=start_round, unit='round',
+      desc=config.experiment_name, file=sys.stderr, disable=not progress,
+      dynamic_ncols=True,
+  )
+  status = 'failed'
+  try:
+    for round_num in range(start_round + 1, config.total_rounds + 1):
+      round_start = time.perf_counter()
+      sampled = sample(round_num, config.clients_per_round)
+      datasets = [
+          task.client_dataset(
+              cid,
+              epochs=config.client_epochs_per_round,
+              batch_size=config.client_batch_size,
+              shuffle_seed=shuffle_seed(
+                  config.seed, round_num, task.train_data.client_index(cid)),
+          )
+          for cid in sampled
+      ]
+      output = process.next(state, datasets)
+      new_weights = list(output.state.global_model_weights.trainable)
+      if not _is_finite(new_weights):
+        raise errors.TrainingError(
+            f'round {round_num} produced a non-finite global model (NaN or '
+            f'inf); stopped. The last good checkpoint (round {last_saved}) is '
+            'intact; lower the learning rates or enable a robust aggregator'
+        )
+      state, weights = output.state, new_weights
+      row = flatten_metrics(output.metrics)
+      row['round_seconds'] = time.perf_counter() - round_start
+      if (round_num % config.rounds_per_eval == 0
+          or round_num == config.total_rounds):
+        for name, value in task.evaluate(weights).items():
+          row[f'eval/{name}'] = value
+      recorder.release(round_num, row)
+      if (round_num % config.rounds_per_checkpoint == 0
+          or round_num == config.total_rounds):
+        checkpoints.save(state, round_num)
+        last_saved = round_num
+      write_summary('running', round_num)
+      if on_round_end is not None:
+        on_round_end(round_num, row)
+      bar.set_postfix(_postfix(row, task.key_metric), refresh=False)
+      bar.update(1)
+    status = 'completed'
+  except errors.Interrupted as e:
+    status = 'interrupted'
+    completed = int(recorder.history[-1]['round_num']) if recorder.history \
+        else start_round
+    if completed > last_saved:
+      checkpoints.save(state, completed)
+      last_saved = completed
+    raise errors.Interrupted(
+        f'{e}; rounds 1..{completed} are saved (checkpoint round '
+        f'{last_saved}). Run the same command again to resume.'
+    ) from None
+  finally:
+    bar.close()
+    completed = int(recorder.history[-1]['round_num']) if recorder.history \
+        else start_round
+    summary = write_summary(status, completed)
+    if recorder.history:
+      plots.plot_history(recorder.history, paths.result, config.experiment_name)
+  outputs_lib.atomic_save_npz(paths.weights_npz, weights)
+  return RunResult(recorder.history, weights, summary, paths)
+
+
+def _postfix(row: Mapping[str, float], key_metric: str) -> dict[str, str]:
+  postfix = {}
+  if f'eval/{key_metric}' in row:
+    postfix[key_metric] = f'{row[f"eval/{key_metric}"]:.4g}'
+  if 'client_work/train/loss' in row:
+    postfix['train_loss'] = f'{row["client_work/train/loss"]:.4g}'
+  return postfix

@@ -1,0 +1,87 @@
+"""PNG plots of metrics against rounds, written atomically.
+
+Matplotlib runs with the non-interactive Agg backend, so plotting works on
+machines with no display.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+from tff_pipeline.training import outputs
+
+
+def plot_series(
+    path: str,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    ylabel: str,
+    logy: bool = False,
+) -> bool:
+  """Plots named (round, value) series on one axis; returns False if empty."""
+  drawable = {
+      name: [(r, v) for r, v in points if v is not None and math.isfinite(v)]
+      for name, points in series.items()
+  }
+  drawable = {k: v for k, v in drawable.items() if v}
+  if not drawable:
+    return False
+  fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+  for name, points in drawable.items():
+    rounds, values = zip(*points)
+    ax.plot(rounds, values, marker='o' if len(points) < 30 else None,
+            markersize=3, label=name)
+  if logy and all(v > 0 for pts in drawable.values() for _, v in pts):
+    ax.set_yscale('log')
+  ax.set_xlabel('round')
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png')
+  plt.close(fig)
+  outputs.atomic_write_bytes(path, buffer.getvalue())
+  return True
+
+
+def plot_history(
+    history: Sequence[Mapping[str, float]],
+    results_dir_path: Callable[[str], str],
+    experiment_name: str,
+) -> list[str]:
+  """Writes loss and metric plots from per-round rows; returns the paths.
+
+  One PNG per evaluation metric (`eval/<name>`), each with the matching
+  training metric from the clients when there is one.
+  """
+  written = []
+  eval_names = sorted({
+      key.split('/', 1)[1] for row in history for key in row
+      if key.startswith('eval/')
+  })
+  for name in eval_names:
+    series = {'global model, evaluation data': [
+        (row['round_num'], row[f'eval/{name}'])
+        for row in history if f'eval/{name}' in row]}
+    train_key = f'client_work/train/{name}'
+    train = [(row['round_num'], row[train_key])
+             for row in history if train_key in row]
+    if train:
+      series['clients, during local training'] = train
+    path = results_dir_path(f'{name}.png')
+    if plot_series(path, series, title=f'{experiment_name}: {name}',
+                   ylabel=name, logy=name in ('loss', 'distance_to_optimum')):
+      written.append(path)
+  return written
