@@ -16,6 +16,11 @@ ourselves and make sure it ends on every path:
 
 The worker's output goes to a log file (or /dev/null), never to our own
 stdout/stderr, so even a worker that somehow survives cannot hold a pipe open.
+
+`worker_binary` has no flag for its listening address and binds every
+interface, with no TLS or authentication. By default we start it with the
+`bind_shim` library preloaded, which rewrites that wildcard bind to
+127.0.0.1, so only this machine can reach the local worker.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import ipaddress
 import os
 import signal
 import subprocess
@@ -30,10 +36,12 @@ import sys
 import threading
 import time
 
+from absl import logging
 import portpicker
 import tensorflow_federated as tff
 
 from tff_pipeline import errors
+from tff_pipeline.runtime import bind_shim
 
 _PR_SET_PDEATHSIG = 1
 
@@ -73,6 +81,20 @@ def _make_die_with_parent():
   return die_with_parent
 
 
+def _parse_bind_address(
+    address: str | None,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+  if address is None:
+    return None
+  try:
+    return ipaddress.ip_address(address)
+  except ValueError:
+    raise errors.UsageError(
+        f'worker bind address {address!r} is not an IPv4 or IPv6 address '
+        "literal (for example '127.0.0.1' or '::1')"
+    ) from None
+
+
 class WorkerProcess:
   """One `worker_binary` child process, serving TFF's executor over gRPC.
 
@@ -82,6 +104,13 @@ class WorkerProcess:
     log_path: File that receives the worker's stdout and stderr; /dev/null
       when None.
     extra_env: Environment variables added to the worker's environment.
+    bind_address: IPv4 or IPv6 literal the worker listens on (through the
+      LD_PRELOAD `bind_shim`); None listens on every interface, as the
+      binary does by itself. If the shim cannot be built, the worker starts
+      anyway, on every interface, with a logged warning.
+
+  Raises:
+    UsageError: `bind_address` is not an IP address literal.
   """
 
   def __init__(
@@ -91,16 +120,25 @@ class WorkerProcess:
       max_concurrent_computation_calls: int = -1,
       log_path: str | None = None,
       extra_env: dict[str, str] | None = None,
+      bind_address: str | None = '127.0.0.1',
   ):
     self.port = port or portpicker.pick_unused_port()
     self.max_concurrent_computation_calls = max_concurrent_computation_calls
     self.log_path = log_path
     self.extra_env = dict(extra_env or {})
+    self.bind_address = bind_address
+    self._bind_ip = _parse_bind_address(bind_address)
     self._process: subprocess.Popen | None = None
 
   @property
   def address(self) -> str:
-    return f'localhost:{self.port}'
+    """`host:port` to connect to the worker from this machine."""
+    ip = self._bind_ip
+    if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+      ip = ip.ipv4_mapped
+    if ip is None or ip.is_unspecified:
+      return f'localhost:{self.port}'
+    return f'[{ip}]:{self.port}' if ip.version == 6 else f'{ip}:{self.port}'
 
   @property
   def pid(self) -> int | None:
@@ -121,6 +159,8 @@ class WorkerProcess:
     env = dict(os.environ)
     env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     env.update(self.extra_env)
+    if self.bind_address is not None:
+      self._add_bind_shim(env)
     if self.log_path:
       os.makedirs(os.path.dirname(os.path.abspath(self.log_path)),
                   exist_ok=True)
@@ -140,6 +180,19 @@ class WorkerProcess:
     with _live_lock:
       _live_workers.add(self)
     return self
+
+  def _add_bind_shim(self, env: dict[str, str]) -> None:
+    """Adds LD_PRELOAD and the bind address to `env`, or logs why not."""
+    library = bind_shim.ensure_built()
+    if library is None:
+      logging.warning(
+          'TFF worker on port %d: the bind shim is unavailable (see above), so '
+          'it cannot be limited to %s and is listening on all interfaces',
+          self.port, self.bind_address)
+      return
+    preload = env.get('LD_PRELOAD', '').strip()
+    env['LD_PRELOAD'] = f'{preload}:{library}' if preload else library
+    env[bind_shim.ENV_VAR] = self.bind_address
 
   def is_running(self) -> bool:
     return self._process is not None and self._process.poll() is None
