@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
 from absl import flags
 
 from tff_pipeline import aggregators
 from tff_pipeline import algorithms
+from tff_pipeline import cli
+from tff_pipeline import errors
 from tff_pipeline import config as config_lib
+from tff_pipeline import heterogeneity
 from tff_pipeline.algorithms import optimizers
 
 FLAGS = flags.FLAGS
@@ -71,8 +76,8 @@ def define_training_flags(**defaults: Any) -> None:
   # Experiment and output.
   define_string('experiment_name', None,
                 'Name of the run; outputs go to <root_output_dir>/{results,'
-                'checkpoints,logdir}/<experiment_name>. Required.')
-  flags.mark_flag_as_required('experiment_name')
+                'checkpoints,logdir}/<experiment_name>. Defaults to the name '
+                'of the --flagfile (without .flags); required otherwise.')
   define_string('root_output_dir', d['root_output_dir'],
                 'Root directory of all outputs.')
   define_integer('seed', d['seed'],
@@ -116,6 +121,86 @@ def define_training_flags(**defaults: Any) -> None:
     define_float(f'{role}_epsilon', 1e-3,
                  f'{role.capitalize()} adaptivity constant tau '
                  '(adam, yogi, adagrad).')
+  define_compensation_flags()
+  define_aggregation_flags()
+
+
+def define_compensation_flags() -> None:
+  """Simulated heterogeneous compute, and the compensated aggregator."""
+  define_float('straggler_fraction', 0.0,
+               'Probability that a sampled client is a straggler this round.')
+  define_enum('straggler_budget', 'epochs', heterogeneity.STRAGGLER_BUDGETS,
+              'epochs: a straggler runs a whole number of epochs in [1, E]; '
+              'steps: a number of steps in [--straggler_min_steps, '
+              '--straggler_max_steps].')
+  define_integer('straggler_min_steps', 1,
+                 'steps: smallest straggler budget, in local steps.')
+  define_integer('straggler_max_steps', 0,
+                 'steps: largest straggler budget; 0 means the full budget '
+                 'minus one step.')
+  define_enum('capacity_profile', 'none', heterogeneity.CAPACITY_PROFILES.names(),
+              'Per-client compute capacity, fixed across rounds: '
+              + heterogeneity.CAPACITY_PROFILES.help_text())
+  define_float('min_capacity', 0.1,
+               'uniform capacity profile: smallest capacity, in (0, 1].')
+  define_bool('compensation_normalize', True,
+              'compensated aggregator: normalise each update by its local '
+              'steps and rescale by tau_eff (FedNova).')
+  define_float('compensation_q', 0.0,
+               'compensated aggregator: weight clients by (L_i / mean L)^q, '
+               'L_i the loss of the incoming model on their data (q-FFL); '
+               '0 turns it off.')
+
+
+def define_aggregation_flags() -> None:
+  """Robust aggregators and the DP, secure, compression, clip, zero wrappers."""
+  define_float('proximal_strength', 0.0,
+               'fedprox: mu of the proximal term (mu/2)||w - w_global||^2.')
+  define_float('trim_fraction', 0.1,
+               'trimmed_mean: share of values trimmed at each end, in '
+               '[0, 0.5).')
+  define_float('clip_norm', 0.0,
+               'Clip each client update to this L2 norm; 0 turns it off.')
+  define_bool('zeroing', False,
+              'Zero out updates whose norm is far above the recent ones '
+              '(adaptive 98th percentile, as in tff.learning).')
+  define_float('dp_noise_multiplier', 0.0,
+               'Differential privacy: Gaussian noise stddev / clip norm; > 0 '
+               'turns DP on (DP-FedAvg, McMahan et al. 2018).')
+  define_float('dp_clip_norm', 1.0,
+               'DP: L2 clip norm of each client update (initial value with '
+               '--dp_adaptive_clipping).')
+  define_bool('dp_adaptive_clipping', False,
+              'DP: adapt the clip norm to the median update norm '
+              '(Andrew et al. 2021).')
+  define_float('dp_delta', 0.0,
+               'DP: delta of the reported (epsilon, delta); 0 means '
+               '1/num_clients.')
+  define_bool('secure_aggregation', False,
+              'Sum the (weighted) updates with TFF\'s secure sum, with '
+              'adaptive bounds.')
+  define_bool('compression', False,
+              'Quantize update tensors of more than 20000 values to '
+              '--compression_bits bits before summing.')
+  define_integer('compression_bits', 8,
+                 'compression: bits per quantized value.')
+
+
+def aggregation_config() -> config_lib.AggregationConfig:
+  return config_lib.AggregationConfig(
+      compensation_normalize=FLAGS.compensation_normalize,
+      compensation_q=FLAGS.compensation_q,
+      trim_fraction=FLAGS.trim_fraction,
+      clip_norm=FLAGS.clip_norm,
+      zeroing=FLAGS.zeroing,
+      dp_noise_multiplier=FLAGS.dp_noise_multiplier,
+      dp_clip_norm=FLAGS.dp_clip_norm,
+      dp_adaptive_clipping=FLAGS.dp_adaptive_clipping,
+      dp_delta=FLAGS.dp_delta,
+      secure_aggregation=FLAGS.secure_aggregation,
+      compression=FLAGS.compression,
+      compression_bits=FLAGS.compression_bits,
+  )
 
 
 def _optimizer_config(role: str) -> config_lib.OptimizerConfig:
@@ -128,10 +213,21 @@ def _optimizer_config(role: str) -> config_lib.OptimizerConfig:
   )
 
 
+def experiment_name() -> str:
+  """--experiment_name, or the name of the last --flagfile."""
+  if FLAGS.experiment_name:
+    return FLAGS.experiment_name
+  if cli.FLAGFILES:
+    return os.path.basename(cli.FLAGFILES[-1]).removesuffix('.flags')
+  raise errors.UsageError(
+      '--experiment_name is required (or pass --flagfile=NAME.flags, which '
+      'names the run NAME)')
+
+
 def training_config() -> config_lib.TrainingConfig:
   """The validated `TrainingConfig` of the parsed flags."""
   config = config_lib.TrainingConfig(
-      experiment_name=FLAGS.experiment_name,
+      experiment_name=experiment_name(),
       root_output_dir=FLAGS.root_output_dir,
       total_rounds=FLAGS.total_rounds,
       clients_per_round=FLAGS.clients_per_round,
@@ -144,6 +240,16 @@ def training_config() -> config_lib.TrainingConfig:
       rounds_per_eval=FLAGS.rounds_per_eval,
       rounds_per_checkpoint=FLAGS.rounds_per_checkpoint,
       seed=FLAGS.seed,
+      heterogeneity=heterogeneity.ComputeHeterogeneity(
+          straggler_fraction=FLAGS.straggler_fraction,
+          straggler_budget=FLAGS.straggler_budget,
+          straggler_min_steps=FLAGS.straggler_min_steps,
+          straggler_max_steps=FLAGS.straggler_max_steps,
+          capacity_profile=FLAGS.capacity_profile,
+          min_capacity=FLAGS.min_capacity,
+      ),
+      aggregation=aggregation_config(),
+      proximal_strength=FLAGS.proximal_strength,
   )
   config.validate(num_clients=FLAGS.num_clients)
   return config
@@ -151,4 +257,6 @@ def training_config() -> config_lib.TrainingConfig:
 
 def hparams() -> dict[str, Any]:
   """Every flag defined through this module, by name, for hparams.csv."""
-  return {name: FLAGS[name].value for name in _DEFINED}
+  values = {name: FLAGS[name].value for name in _DEFINED}
+  values['experiment_name'] = experiment_name()
+  return values

@@ -21,7 +21,16 @@ from tff_pipeline import errors
 from tff_pipeline.runtime import workers
 
 
+# The --flagfile paths given on the command line, in order. absl expands them
+# without keeping their names; the binaries name runs after the last one.
+FLAGFILES: list[str] = []
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
+  FLAGFILES[:] = [
+      arg.split('=', 1)[1] for arg in argv[1:]
+      if arg.startswith(('--flagfile=', '-flagfile='))
+  ]
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

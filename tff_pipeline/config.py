@@ -12,6 +12,7 @@ import math
 import re
 
 from tff_pipeline import errors
+from tff_pipeline import heterogeneity as heterogeneity_lib
 
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
@@ -53,6 +54,74 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AggregationConfig:
+  """Settings of the model-update aggregator and of its wrappers.
+
+  Attributes:
+    compensation_normalize: `compensated`: FedNova normalisation of each
+      update by its local steps.
+    compensation_q: `compensated`: power q of the loss-aware reweighting; 0
+      turns it off.
+    trim_fraction: `trimmed_mean`: share trimmed at each end, in [0, 0.5).
+    clip_norm: L2 clipping of each client's update; 0 turns it off.
+    zeroing: Zero out updates whose norm is far above the recent ones
+      (TFF's adaptive zeroing).
+    dp_noise_multiplier: Gaussian noise stddev / clip norm; > 0 turns
+      differential privacy on.
+    dp_clip_norm: DP clip norm (initial value with adaptive clipping).
+    dp_adaptive_clipping: Adapt the DP clip norm to the median update norm.
+    dp_delta: The delta of the reported (epsilon, delta); 0 means
+      1 / num_clients.
+    secure_aggregation: Sum updates with TFF's secure sum.
+    compression: Quantize large update tensors before summing.
+    compression_bits: Bits per value of the quantized tensors.
+  """
+
+  compensation_normalize: bool = True
+  compensation_q: float = 0.0
+  trim_fraction: float = 0.1
+  clip_norm: float = 0.0
+  zeroing: bool = False
+  dp_noise_multiplier: float = 0.0
+  dp_clip_norm: float = 1.0
+  dp_adaptive_clipping: bool = False
+  dp_delta: float = 0.0
+  secure_aggregation: bool = False
+  compression: bool = False
+  compression_bits: int = 8
+
+  @property
+  def dp(self) -> bool:
+    return self.dp_noise_multiplier > 0
+
+  def validate(self) -> None:
+    _require(math.isfinite(self.compensation_q) and self.compensation_q >= 0,
+             'compensation_q', self.compensation_q, 'must be >= 0')
+    _require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
+             self.trim_fraction, 'must be in [0, 0.5)')
+    _require(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
+             'clip_norm', self.clip_norm, 'must be >= 0 (0 turns it off)')
+    _require(
+        math.isfinite(self.dp_noise_multiplier)
+        and self.dp_noise_multiplier >= 0,
+        'dp_noise_multiplier', self.dp_noise_multiplier,
+        'must be >= 0 (0 turns DP off)')
+    _positive_finite('dp_clip_norm', self.dp_clip_norm)
+    _require(0 <= self.dp_delta < 1, 'dp_delta', self.dp_delta,
+             'must be in [0, 1) (0 means 1/num_clients)')
+    _require(1 <= self.compression_bits <= 16, 'compression_bits',
+             self.compression_bits, 'must be in 1..16')
+    exclusive = [name for name, on in (
+        ('--dp_noise_multiplier', self.dp),
+        ('--secure_aggregation', self.secure_aggregation),
+        ('--compression', self.compression)) if on]
+    if len(exclusive) > 1:
+      raise errors.UsageError(
+          f'{" and ".join(exclusive)} cannot be combined: each replaces the '
+          'sum at the core of the mean; choose one')
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
   """Everything the training loop needs besides the task.
 
@@ -73,6 +142,9 @@ class TrainingConfig:
     rounds_per_checkpoint: Save program state every this many rounds (and
       after the last round).
     seed: Seed of every random choice of the run.
+    heterogeneity: Simulated per-client compute budgets.
+    aggregation: Settings of the aggregator and its wrappers.
+    proximal_strength: `fedprox`: mu of the proximal term.
   """
 
   experiment_name: str
@@ -90,6 +162,10 @@ class TrainingConfig:
   rounds_per_eval: int = 1
   rounds_per_checkpoint: int = 10
   seed: int = 0
+  heterogeneity: heterogeneity_lib.ComputeHeterogeneity = (
+      heterogeneity_lib.ComputeHeterogeneity())
+  aggregation: AggregationConfig = AggregationConfig()
+  proximal_strength: float = 0.0
 
   def validate(self, num_clients: int | None = None) -> None:
     _require(
@@ -126,3 +202,8 @@ class TrainingConfig:
              'must be in [0, 2**31)')
     self.client_optimizer.validate()
     self.server_optimizer.validate()
+    self.heterogeneity.validate()
+    self.aggregation.validate()
+    _require(
+        math.isfinite(self.proximal_strength) and self.proximal_strength >= 0,
+        'proximal_strength', self.proximal_strength, 'must be >= 0')

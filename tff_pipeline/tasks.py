@@ -91,40 +91,77 @@ class Task:
 
     return model_fn
 
-  def client_dataset(
+  def client_epoch(
       self,
       client_id: str,
       *,
-      epochs: int,
       batch_size: int,
       shuffle_seed: int,
-      max_batches: int | None = None,
   ) -> tf.data.Dataset:
-    """The client's training data for one round.
+    """One epoch of the client's training data, shuffled and batched.
 
-    Shuffled with `shuffle_seed` (a new order every epoch), repeated for
-    `epochs`, batched (`batch_size == -1` means one batch of everything), and
-    cut to `max_batches` batches when given.
+    Shuffled with `shuffle_seed`, anew on each pass when repeated
+    (`reshuffle_each_iteration=True`); `batch_size == -1` gives one batch of
+    all the client's examples.
     """
     size = self.train_data.num_examples(client_id)
     dataset = self.train_data.create_tf_dataset_for_client(client_id)
     dataset = dataset.shuffle(max(size, 1), seed=shuffle_seed,
                               reshuffle_each_iteration=True)
-    dataset = dataset.repeat(epochs).batch(
-        size if batch_size == -1 else batch_size
-    )
-    if max_batches is not None:
-      dataset = dataset.take(max_batches)
-    return dataset
+    return dataset.batch(max(size, 1) if batch_size == -1 else batch_size)
+
+  def steps_per_epoch(self, client_id: str, batch_size: int) -> int:
+    """Number of batches in one epoch of the client's data."""
+    size = self.train_data.num_examples(client_id)
+    if batch_size == -1:
+      return 1 if size else 0
+    return -(-size // batch_size)
+
+
+def _logits(model: tf.keras.Model, x: np.ndarray,
+            batch_size: int = 2000) -> np.ndarray:
+  return np.concatenate([
+      model(x[i:i + batch_size], training=False).numpy()
+      for i in range(0, len(x), batch_size)
+  ])
+
+
+def per_client_accuracy_stats(correct: np.ndarray,
+                              client_of_example: np.ndarray,
+                              num_clients: int) -> dict[str, float]:
+  """Fairness view: statistics of the clients' accuracies.
+
+  Every client counts once (unweighted), whatever its size; clients without
+  held-out examples are skipped.
+
+  Returns:
+    client_accuracy_mean, client_accuracy_p10 (10th percentile, linear
+    interpolation), client_accuracy_min and client_accuracy_var (variance
+    across clients).
+  """
+  counts = np.bincount(client_of_example, minlength=num_clients)
+  hits = np.bincount(client_of_example, weights=correct.astype(np.float64),
+                     minlength=num_clients)
+  accuracies = hits[counts > 0] / counts[counts > 0]
+  return {
+      'client_accuracy_mean': float(accuracies.mean()),
+      'client_accuracy_p10': float(np.percentile(accuracies, 10)),
+      'client_accuracy_min': float(accuracies.min()),
+      'client_accuracy_var': float(accuracies.var()),
+  }
 
 
 def _classifier_evaluator(
     model_builder: Callable[[], tf.keras.Model],
     x: np.ndarray,
     y: np.ndarray,
-    batch_size: int = 2000,
+    holdout: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None,
 ) -> Callable[[Weights], dict[str, float]]:
-  """Centralized accuracy and cross-entropy of given weights on (x, y).
+  """Centralized evaluation of given weights.
+
+  Accuracy and cross-entropy on (x, y); with `holdout = (x, y,
+  client_of_example, num_clients)`, also the per-client accuracy statistics
+  on each client's held-out examples.
 
   The Keras model is rebuilt on every call: TFF builds its own copies of the
   model inside graph contexts, and Keras then refuses to run models built
@@ -135,17 +172,47 @@ def _classifier_evaluator(
   def evaluate(weights: Weights) -> dict[str, float]:
     model = model_builder()
     model.set_weights(weights)
-    logits = np.concatenate([
-        model(x[i:i + batch_size], training=False).numpy()
-        for i in range(0, len(x), batch_size)
-    ])
-    return {
+    logits = _logits(model, x)
+    result = {
         'loss': float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True))),
         'accuracy': float(np.mean(np.argmax(logits, axis=1) == labels)),
     }
+    if holdout is not None:
+      hx, hy, owner, num_clients = holdout
+      correct = np.argmax(_logits(model, hx), axis=1) == hy
+      result.update(per_client_accuracy_stats(correct, owner, num_clients))
+    return result
 
   return evaluate
+
+
+def split_holdout(
+    client_indices: list[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Splits each client's examples into (train, held-out) index arrays.
+
+  Each client with at least two examples keeps round(fraction * n_i) of them,
+  at least one, chosen at random from (seed, client), for evaluation.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise errors.UsageError(
+        f'--client_holdout_fraction={fraction} must be in [0, 1)')
+  train, held = [], []
+  for k, idx in enumerate(client_indices):
+    count = 0
+    if fraction > 0 and len(idx) >= 2:
+      count = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+    rng = np.random.default_rng([seed, _HOLDOUT_STREAM, k])
+    chosen = np.zeros(len(idx), bool)
+    chosen[rng.choice(len(idx), size=count, replace=False)] = True
+    train.append(idx[~chosen])
+    held.append(idx[chosen])
+  return train, held
+
+
+# Separates the held-out split's random stream from the others of --seed.
+_HOLDOUT_STREAM = 0x484F_4C44
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +225,9 @@ class MnistTaskSpec:
     num_clients: Number of clients the 60000 training images are split into.
     partition_params: Parameters of the partition.
     mnist_path: Optional Keras npz or IDX directory; packaged copy if empty.
+    client_holdout_fraction: Share of each client's examples held out of
+      training, to measure per-client accuracy (the fairness view); 0 turns
+      per-client evaluation off.
     seed: Seeds the partition and the model initialisation.
   """
 
@@ -168,6 +238,7 @@ class MnistTaskSpec:
       partition_lib.PartitionParams()
   )
   mnist_path: str = ''
+  client_holdout_fraction: float = 0.0
   seed: int = 0
 
 
@@ -189,9 +260,17 @@ def build_mnist_task(
       spec.partition, arrays.train_y, spec.num_clients, spec.seed,
       spec.partition_params,
   )
+  indices, held = split_holdout(indices, spec.client_holdout_fraction,
+                                spec.seed)
   train_data = client_data_lib.ArrayClientData(
       collections.OrderedDict(x=arrays.train_x, y=arrays.train_y), indices
   )
+  holdout = None
+  if spec.client_holdout_fraction > 0:
+    held_all = np.concatenate(held)
+    owner = np.repeat(np.arange(spec.num_clients), [len(h) for h in held])
+    holdout = (arrays.train_x[held_all], arrays.train_y[held_all], owner,
+               spec.num_clients)
 
   def model_builder() -> tf.keras.Model:
     return model_builder_for_seed(spec.seed, mnist_lib.IMAGE_SIZE)
@@ -202,7 +281,8 @@ def build_mnist_task(
   def metrics_builder() -> list[tf.keras.metrics.Metric]:
     return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
 
-  evaluate = _classifier_evaluator(model_builder, arrays.test_x, arrays.test_y)
+  evaluate = _classifier_evaluator(model_builder, arrays.test_x,
+                                   arrays.test_y, holdout)
   sizes = train_data.client_sizes()
   return Task(
       name='mnist',
@@ -221,6 +301,7 @@ def build_mnist_task(
           'client_size_min': int(sizes.min()),
           'client_size_max': int(sizes.max()),
           'num_test_examples': int(len(arrays.test_y)),
+          'client_holdout_examples': int(sum(len(h) for h in held)),
       },
   )
 

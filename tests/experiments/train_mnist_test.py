@@ -92,8 +92,9 @@ def test_corrupt_mnist_file_and_unwritable_output(tmp_path):
 def test_missing_experiment_name(tmp_path):
   done = helpers.run_binary(MODULE, f'--root_output_dir={tmp_path}', *TINY)
   assert done.returncode == 2
-  assert done.stderr.strip().splitlines()[-1].startswith(
-      'error: flag --experiment_name=None')
+  assert done.stderr.strip().splitlines()[-1] == (
+      'error: --experiment_name is required (or pass --flagfile=NAME.flags, '
+      'which names the run NAME)')
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])

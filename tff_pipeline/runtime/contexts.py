@@ -110,9 +110,23 @@ class _WorkerConnection:
     self.channel.close()
 
 
+def _compile(comp):
+  """TFF's native compilation, with secure intrinsics made simulatable.
+
+  The C++ runtime has no secure-sum protocol. As in TFF's own test contexts
+  (`tff.backends.test`), `federated_secure_sum(_bitwidth)` are replaced by
+  TensorFlow bodies that do the same bounds checks followed by a plain sum,
+  so the numbers (clipping, quantization) are those of secure aggregation;
+  only the cryptography is not simulated. Computations without secure
+  intrinsics are unchanged.
+  """
+  comp = tff.backends.test.replace_secure_intrinsics_with_bodies(comp)
+  return tff.backends.native.desugar_and_transform_to_native(comp)
+
+
 def _context_kwargs() -> dict:
   return dict(
-      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      compiler_fn=_compile,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,
   )

@@ -33,9 +33,11 @@ import tensorflow_federated as tff
 import tqdm
 
 from tff_pipeline import aggregators
+from tff_pipeline.aggregators import communication
 from tff_pipeline import algorithms
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
+from tff_pipeline import privacy
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
@@ -85,13 +87,49 @@ def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
   ).generate_state(1)[0])
 
 
-def build_process(
+def build_algorithm(
     task: tasks_lib.Task, config: config_lib.TrainingConfig
-) -> tff.learning.templates.LearningProcess:
+) -> algorithms.Algorithm:
   """The learning process for `config.algorithm` and `config.aggregator`."""
-  return algorithms.build_learning_process(
+  return algorithms.build_algorithm(
       task.tff_model_fn(), config, aggregators.build_aggregator(config)
   )
+
+
+def client_inputs(
+    task: tasks_lib.Task,
+    config: config_lib.TrainingConfig,
+    algorithm: algorithms.Algorithm,
+    round_num: int,
+    client_ids: Sequence[str],
+) -> tuple[list[Any], dict[str, float]]:
+  """The sampled clients' data for one round, and compute statistics.
+
+  Each client gets one epoch of its data shuffled with a seed derived from
+  (seed, round, client), and a budget of local steps: E full epochs, or less
+  when `config.heterogeneity` makes it a straggler or gives it a low capacity.
+  """
+  inputs, budgets, stragglers = [], [], 0
+  for cid in client_ids:
+    index = task.train_data.client_index(cid)
+    steps_per_epoch = task.steps_per_epoch(cid, config.client_batch_size)
+    budget, straggler = config.heterogeneity.local_steps(
+        config.seed, round_num, index, steps_per_epoch,
+        config.client_epochs_per_round)
+    epoch = task.client_epoch(
+        cid, batch_size=config.client_batch_size,
+        shuffle_seed=shuffle_seed(config.seed, round_num, index))
+    inputs.append(algorithm.client_input(
+        epoch, budget, task.train_data.num_examples(cid)))
+    budgets.append(budget)
+    stragglers += straggler
+  stats = {
+      'compute/mean_local_steps': float(np.mean(budgets)),
+      'compute/min_local_steps': float(np.min(budgets)),
+      'compute/max_local_steps': float(np.max(budgets)),
+      'compute/num_stragglers': float(stragglers),
+  }
+  return inputs, stats
 
 
 def _is_finite(weights: Sequence[np.ndarray]) -> bool:
@@ -156,7 +194,7 @@ def run_federated(
     config: config_lib.TrainingConfig,
     *,
     hparams: Mapping[str, Any] | None = None,
-    process: tff.learning.templates.LearningProcess | None = None,
+    algorithm: algorithms.Algorithm | None = None,
     runtime: runtime_lib.Runtime | None = None,
     allow_flag_changes: bool = False,
     progress: bool = True,
@@ -169,8 +207,8 @@ def run_federated(
     config: Rounds, sampling, optimizers, algorithm, aggregator, seed.
     hparams: The flags of the run, written to `hparams.csv` and compared on
       resume. Defaults to the fields of `config`.
-    process: A prebuilt learning process for this task and config (tests
-      reuse one); built here when None.
+    algorithm: A prebuilt algorithm for this task and config (tests reuse
+      one); built here when None.
     runtime: Execution runtime to use; a local one is started (and stopped)
       when None.
     allow_flag_changes: Resume even if `hparams` differ from the checkpoint's.
@@ -197,7 +235,7 @@ def run_federated(
       runtime = runtime_lib.Runtime(worker_log=paths.worker_log)
     try:
       with runtime.installed():
-        return _train(task, config, paths, checkpoints, process, progress,
+        return _train(task, config, paths, checkpoints, algorithm, progress,
                       on_round_end)
     finally:
       if own_runtime:
@@ -223,13 +261,14 @@ def _train(
     config: config_lib.TrainingConfig,
     paths: outputs_lib.OutputPaths,
     checkpoints: checkpoints_lib.CheckpointManager,
-    process: tff.learning.templates.LearningProcess | None,
+    algorithm: algorithms.Algorithm | None,
     progress: bool,
     on_round_end: Callable[[int, dict[str, float]], None] | None,
 ) -> RunResult:
   setup_start = time.perf_counter()
-  if process is None:
-    process = build_process(task, config)
+  if algorithm is None:
+    algorithm = build_algorithm(task, config)
+  process = algorithm.process
   initial_state = process.initialize()
   state, start_round = checkpoints.load_latest(initial_state)
   if state is None:
@@ -242,6 +281,11 @@ def _train(
       client_ids, replace=False, random_seed=config.seed
   )
   weights = list(state.global_model_weights.trainable)
+  per_client = communication.payload(
+      [w.size for w in weights],
+      [np.size(w) for w in state.global_model_weights.non_trainable],
+      config, aggregators.COMPRESSION_THRESHOLD)
+  privacy_facts, epsilons = _privacy_accounting(config, len(client_ids))
   run_facts = {
       'experiment_name': config.experiment_name,
       'task': task.name,
@@ -255,6 +299,10 @@ def _train(
       'task_facts': dict(task.facts),
       'tensorflow_federated_version': tff.__version__,
       'results_dir': paths.results_dir,
+      'bytes_broadcast_per_client': per_client.broadcast_bytes,
+      'bytes_uploaded_per_client': per_client.upload_bytes,
+      'upload_bits_per_value': per_client.upload_bits_per_value,
+      **privacy_facts,
   }
 
   def write_summary(status: str, round_num: int) -> dict[str, Any]:
@@ -269,6 +317,8 @@ def _train(
     }
     if history:
       summary['final_metrics'] = dict(history[-1])
+    if epsilons and round_num > 0:
+      summary['dp_epsilon'] = epsilons[round_num - 1]
     outputs_lib.atomic_write_json(paths.summary_json, summary)
     return summary
 
@@ -284,26 +334,28 @@ def _train(
     for round_num in range(start_round + 1, config.total_rounds + 1):
       round_start = time.perf_counter()
       sampled = sample(round_num, config.clients_per_round)
-      datasets = [
-          task.client_dataset(
-              cid,
-              epochs=config.client_epochs_per_round,
-              batch_size=config.client_batch_size,
-              shuffle_seed=shuffle_seed(
-                  config.seed, round_num, task.train_data.client_index(cid)),
-          )
-          for cid in sampled
-      ]
-      output = process.next(state, datasets)
+      inputs, compute_stats = client_inputs(task, config, algorithm,
+                                            round_num, sampled)
+      output = process.next(state, inputs)
       new_weights = list(output.state.global_model_weights.trainable)
-      if not _is_finite(new_weights):
+      row = flatten_metrics(output.metrics)
+      # TFF's finalizer refuses a non-finite aggregate and keeps the old
+      # model; either way the round failed and must not pass silently.
+      if (not _is_finite(new_weights)
+          or row.get('finalizer/update_non_finite', 0) > 0):
         raise errors.TrainingError(
-            f'round {round_num} produced a non-finite global model (NaN or '
+            f'round {round_num} produced a non-finite model update (NaN or '
             f'inf); stopped. The last good checkpoint (round {last_saved}) is '
             'intact; lower the learning rates or enable a robust aggregator'
         )
       state, weights = output.state, new_weights
-      row = flatten_metrics(output.metrics)
+      row.update(compute_stats)
+      row['communication/bytes_broadcast'] = float(
+          per_client.broadcast_bytes * len(sampled))
+      row['communication/bytes_uploaded'] = float(
+          per_client.upload_bytes * len(sampled))
+      if epsilons:
+        row['privacy/epsilon'] = epsilons[round_num - 1]
       row['round_seconds'] = time.perf_counter() - round_start
       if (round_num % config.rounds_per_eval == 0
           or round_num == config.total_rounds):
@@ -340,6 +392,29 @@ def _train(
       plots.plot_history(recorder.history, paths.result, config.experiment_name)
   outputs_lib.atomic_save_npz(paths.weights_npz, weights)
   return RunResult(recorder.history, weights, summary, paths)
+
+
+def _privacy_accounting(
+    config: config_lib.TrainingConfig, num_clients: int
+) -> tuple[dict[str, float], list[float]]:
+  """(summary facts, epsilon after each round) of a DP run; empty otherwise."""
+  agg = config.aggregation
+  if not agg.dp:
+    return {}, []
+  delta = agg.dp_delta or privacy.default_delta(num_clients)
+  rate = config.clients_per_round / num_clients
+  epsilons = privacy.dp_epsilon_by_round(
+      agg.dp_noise_multiplier, rate, config.total_rounds, delta)
+  facts = {
+      'dp_noise_multiplier': agg.dp_noise_multiplier,
+      'dp_clip_norm': agg.dp_clip_norm,
+      'dp_adaptive_clipping': agg.dp_adaptive_clipping,
+      'dp_sampling_rate': rate,
+      'dp_delta': delta,
+      'dp_epsilon_at_total_rounds': epsilons[-1],
+      'dp_accountant': 'RDP (dp_accounting), Poisson-subsampled Gaussian',
+  }
+  return facts, epsilons
 
 
 def _postfix(row: Mapping[str, float], key_metric: str) -> dict[str, str]:

@@ -71,7 +71,23 @@ def plot_history(
       key.split('/', 1)[1] for row in history for key in row
       if key.startswith('eval/')
   })
+  client_stats = [n for n in ('client_accuracy_mean', 'client_accuracy_p10',
+                              'client_accuracy_min') if n in eval_names]
+  if client_stats:
+    series = {
+        name[len('client_accuracy_'):]: [
+            (row['round_num'], row[f'eval/{name}'])
+            for row in history if f'eval/{name}' in row]
+        for name in client_stats
+    }
+    path = results_dir_path('client_accuracy.png')
+    if plot_series(path, series,
+                   title=f'{experiment_name}: accuracy across clients '
+                   '(held-out data)', ylabel='accuracy'):
+      written.append(path)
   for name in eval_names:
+    if name.startswith('client_accuracy_'):
+      continue
     series = {'global model, evaluation data': [
         (row['round_num'], row[f'eval/{name}'])
         for row in history if f'eval/{name}' in row]}

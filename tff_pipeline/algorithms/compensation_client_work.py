@@ -1,0 +1,248 @@
+"""Client work that trains on a local-step budget and reports tau_i and L_i.
+
+The compensation-aware aggregator (`aggregators/compensation.py`) needs two
+facts from each client besides its model delta:
+
+  * tau_i, the number of local steps it actually ran: the FedNova
+    normalisation of Wang et al. 2020 (arXiv 2007.07481) divides the delta by
+    it;
+  * L_i, the loss of the incoming global model on the client's data, measured
+    before local training: the loss-aware reweighting of q-FFL (Li et al.
+    2020, "Fair Resource Allocation in Federated Learning", arXiv
+    1905.10497) raises weights of clients on which the global model does
+    poorly.
+
+A `tff.learning.templates.ClientWorkProcess` may return any update structure
+(composers only check that the aggregator accepts it), so this client work
+returns the update `{model_delta, local_steps, pre_training_loss}` with weight
+n_i, the client's number of examples (or, for FedProx with other aggregators,
+the number of examples processed, as TFF weights FedAvg). Everything else follows
+`tff.learning.templates.build_model_delta_client_work` (FedAvg, McMahan et
+al. 2017), including FedProx's proximal term (Li et al. 2020, arXiv
+1812.06127) when `proximal_strength > 0`.
+
+Client data type: `<batches=B*, budget=<local_steps=int32,
+num_examples=int32>*>`: one epoch of the client's batches, and a one-element
+sequence holding the step budget and the client's number of examples n_i. The
+client cycles through its batches until the budget is spent. (n_i is passed
+rather than counted, because counting would need an extra pass over the
+shuffled data, which would change the shuffle order of training and break the
+exact equivalence with TFF's FedAvg.)
+
+Type signature of `next`:
+  (<S@SERVER, M@CLIENTS, <batches=B*, budget=<...>*>@CLIENTS> ->
+   <state=S@SERVER,
+    result=<update=<model_delta=T, local_steps=float32,
+                    pre_training_loss=float32>, update_weight=float32>@CLIENTS,
+    measurements=<train=...>@SERVER>)
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+MODEL_DELTA = 'model_delta'
+LOCAL_STEPS = 'local_steps'
+PRE_TRAINING_LOSS = 'pre_training_loss'
+
+
+def client_input(batches: tf.data.Dataset, local_steps: int,
+                 num_examples: int) -> collections.OrderedDict:
+  """The client data this client work expects."""
+  budget = collections.OrderedDict(local_steps=np.int32(local_steps),
+                                   num_examples=np.int32(num_examples))
+  return collections.OrderedDict(
+      batches=batches, budget=tf.data.Dataset.from_tensors(budget))
+
+
+def _all_finite(structure) -> tf.Tensor:
+  return tf.reduce_all([
+      tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(structure)
+  ])
+
+
+WEIGHT_BY_DATA_SIZE = 'data_size'
+WEIGHT_BY_EXAMPLES_PROCESSED = 'examples_processed'
+
+
+def _build_client_update(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    proximal_strength: float,
+    measure_loss: bool,
+    weighting: str,
+):
+  """The local computation: loss pass, budgeted training, delta."""
+  model = model_fn()
+
+  @tf.function
+  def client_update(optimizer, optimizer_hparams, initial_weights, batches,
+                    budget_dataset):
+    model_weights = tff.learning.models.ModelWeights.from_model(model)
+    tf.nest.map_structure(lambda v, t: v.assign(t), model_weights,
+                          initial_weights)
+    budget, num_examples = budget_dataset.reduce(
+        (tf.constant(0, tf.int32), tf.constant(0, tf.int32)),
+        lambda total, x: (total[0] + x['local_steps'],
+                          total[1] + x['num_examples']))
+
+    if measure_loss:
+      # Loss of the incoming global model on the client's data.
+      def loss_pass(state, batch):
+        loss_sum, count = state
+        output = model.forward_pass(batch, training=False)
+        n = tf.cast(output.num_examples, tf.float64)
+        return loss_sum + tf.cast(output.loss, tf.float64) * n, count + n
+
+      loss_sum, count = batches.reduce(
+          (tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64)),
+          loss_pass)
+      pre_training_loss = tf.cast(tf.math.divide_no_nan(loss_sum, count),
+                                  tf.float32)
+      # The loss pass must not count towards the training metrics.
+      model.reset_metrics()
+    else:
+      pre_training_loss = tf.constant(0.0)
+
+    def train_step(state, batch):
+      steps, processed, optimizer_state = state
+      with tf.GradientTape() as tape:
+        output = model.forward_pass(batch, training=True)
+      gradients = tape.gradient(output.loss, model_weights.trainable)
+      # FedProx: the gradient of (mu/2)||w - w_t||^2 is mu (w - w_t). (TFF
+      # 0.87's proximal client work adds mu (w_t - w), the wrong sign.)
+      if proximal_strength > 0:
+        gradients = tf.nest.map_structure(
+            lambda g, w, w0: g + proximal_strength * (w - w0),
+            gradients, model_weights.trainable, initial_weights.trainable)
+      optimizer_state, updated = optimizer.next(
+          optimizer_state,
+          tuple(tf.nest.flatten(model_weights.trainable)),
+          tuple(tf.nest.flatten(gradients)),
+      )
+      updated = tf.nest.pack_sequence_as(model_weights.trainable, updated)
+      tf.nest.map_structure(lambda v, t: v.assign(t), model_weights.trainable,
+                            updated)
+      return (steps + 1, processed + tf.cast(output.num_examples, tf.int32),
+              optimizer_state)
+
+    specs = tuple(tf.TensorSpec(v.shape, v.dtype)
+                  for v in tf.nest.flatten(model_weights.trainable))
+    optimizer_state = optimizer.set_hparams(optimizer.initialize(specs),
+                                            optimizer_hparams)
+    steps, processed, _ = batches.repeat().take(
+        tf.cast(budget, tf.int64)).reduce(
+            (tf.constant(0, tf.int32), tf.constant(0, tf.int32),
+             optimizer_state), train_step)
+
+    delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable,
+                                  model_weights.trainable)
+    finite = _all_finite(delta)
+    delta = tf.nest.map_structure(
+        lambda d: tf.where(finite, d, tf.zeros_like(d)), delta)
+    if weighting == WEIGHT_BY_DATA_SIZE:
+      weight = tf.cast(num_examples, tf.float32)
+    else:
+      weight = tf.cast(processed, tf.float32)
+    weight = tf.where(finite, weight, 0.0)
+    if not finite:
+      model.reset_metrics()
+    update = collections.OrderedDict([
+        (MODEL_DELTA, delta),
+        (LOCAL_STEPS, tf.cast(steps, tf.float32)),
+        (PRE_TRAINING_LOSS, pre_training_loss),
+    ])
+    return (tff.learning.templates.ClientResult(update=update,
+                                                update_weight=weight),
+            model.report_local_unfinalized_metrics())
+
+  return client_update
+
+
+def build_compensation_client_work(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    optimizer: tff.learning.optimizers.Optimizer,
+    *,
+    proximal_strength: float = 0.0,
+    measure_loss: bool = True,
+    weighting: str = WEIGHT_BY_DATA_SIZE,
+) -> tff.learning.templates.ClientWorkProcess:
+  """Builds the budgeted, self-reporting client work.
+
+  Args:
+    model_fn: No-argument function returning a fresh
+      `tff.learning.models.VariableModel`.
+    optimizer: The client optimizer.
+    proximal_strength: FedProx mu; 0 gives FedAvg's local training.
+    measure_loss: Whether to run the pre-training loss pass (needed only for
+      loss-aware reweighting; without it `pre_training_loss` is 0).
+    weighting: The update weight: `WEIGHT_BY_DATA_SIZE` (n_i, what the
+      compensation needs) or `WEIGHT_BY_EXAMPLES_PROCESSED` (the examples
+      seen in training, TFF's `ClientWeighting.NUM_EXAMPLES` convention).
+
+  Returns:
+    A `ClientWorkProcess` whose state is the optimizer's hyperparameters.
+  """
+  if proximal_strength < 0:
+    raise ValueError(f'proximal_strength {proximal_strength} must be >= 0')
+  if weighting not in (WEIGHT_BY_DATA_SIZE, WEIGHT_BY_EXAMPLES_PROCESSED):
+    raise ValueError(f'unknown weighting {weighting!r}')
+  with tf.Graph().as_default():
+    model = model_fn()
+    metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(
+        model.metric_finalizers())
+  element_type = tff.types.tensorflow_to_type(model.input_spec)
+  data_type = tff.StructType([
+      ('batches', tff.SequenceType(element_type)),
+      ('budget', tff.SequenceType(tff.StructWithPythonType(
+          [('local_steps', np.int32), ('num_examples', np.int32)],
+          collections.OrderedDict))),
+  ])
+  weights_type = tff.learning.models.weights_type_from_model(model)
+  initial_hparams = optimizer.get_hparams(
+      optimizer.initialize(tf.TensorSpec((), tf.float32)))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value(initial_hparams, tff.SERVER)
+
+  state_type = init_fn.type_signature.result.member
+
+  @tff.tensorflow.computation(state_type, weights_type, data_type)
+  def client_update_computation(hparams, initial_weights, data):
+    client_update = _build_client_update(model_fn, proximal_strength,
+                                         measure_loss, weighting)
+    return client_update(optimizer, hparams, initial_weights,
+                         data['batches'], data['budget'])
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.FederatedType(weights_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS),
+  )
+  def next_fn(state, weights, client_data):
+    hparams_at_clients = tff.federated_broadcast(state)
+    client_result, model_outputs = tff.federated_map(
+        client_update_computation, (hparams_at_clients, weights, client_data))
+    train_metrics = metrics_aggregation_fn(model_outputs)
+    measurements = tff.federated_zip(
+        collections.OrderedDict(train=train_metrics))
+    return tff.templates.MeasuredProcessOutput(state, client_result,
+                                               measurements)
+
+  @tff.tensorflow.computation(state_type)
+  def get_hparams_fn(state):
+    return state
+
+  @tff.tensorflow.computation(state_type, state_type)
+  def set_hparams_fn(state, hparams):
+    del state
+    return hparams
+
+  return tff.learning.templates.ClientWorkProcess(
+      init_fn, next_fn, get_hparams_fn=get_hparams_fn,
+      set_hparams_fn=set_hparams_fn)

@@ -1,0 +1,131 @@
+"""Simulated heterogeneous compute: each client's local-step budget.
+
+Real federations mix fast devices with stragglers. We simulate this on
+purpose, so that its effect on FedAvg, and the compensation of it, can be
+measured: every sampled client gets a budget tau_i of local steps (batches),
+at most the E * ceil(n_i / B) steps of E full local epochs. Two mechanisms,
+which can be combined (the smaller budget wins):
+
+  * stragglers (`--straggler_fraction`): each sampled client is a straggler
+    in a round with this probability; a straggler's budget is drawn either as
+    a whole number of epochs in [1, E] (`--straggler_budget=epochs`) or as a
+    number of steps in [`--straggler_min_steps`, `--straggler_max_steps`]
+    (`--straggler_budget=steps`). This is the setting of Wang et al. 2020,
+    "Tackling the Objective Inconsistency Problem in Heterogeneous Federated
+    Optimization" (FedNova, arXiv 2007.07481), sec. 6.
+  * a capacity profile (`--capacity_profile`) fixed across rounds: client k
+    has capacity c_k and always runs ceil(c_k * E * steps_per_epoch) steps;
+    `uniform` draws c_k from U[`--min_capacity`, 1].
+
+Every draw is a pure function of (seed, round, client) or (seed, client), so
+a seed always gives the same budgets, also after a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from tff_pipeline import errors
+from tff_pipeline import registry
+
+# Separate random streams, all derived from --seed.
+_STRAGGLER_STREAM = 0x5354_5241
+_CAPACITY_STREAM = 0x4341_5041
+
+CapacityFn = Callable[[np.random.Generator, float], float]
+CAPACITY_PROFILES: registry.Registry[CapacityFn | None] = registry.Registry(
+    'capacity profile', '--capacity_profile'
+)
+CAPACITY_PROFILES.register('none', 'every client can run its full budget')(
+    None)
+
+
+@CAPACITY_PROFILES.register('uniform',
+                            'capacity ~ U[--min_capacity, 1], fixed per client')
+def _uniform_capacity(rng: np.random.Generator, min_capacity: float) -> float:
+  return float(rng.uniform(min_capacity, 1.0))
+
+
+STRAGGLER_BUDGETS = ('epochs', 'steps')
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeHeterogeneity:
+  """How local-step budgets are drawn. The defaults simulate none.
+
+  Attributes:
+    straggler_fraction: Probability that a sampled client is a straggler.
+    straggler_budget: 'epochs' (whole epochs in [1, E]) or 'steps'.
+    straggler_min_steps: 'steps': smallest straggler budget.
+    straggler_max_steps: 'steps': largest straggler budget; 0 means the full
+      budget minus one step.
+    capacity_profile: Registry name in `CAPACITY_PROFILES`.
+    min_capacity: 'uniform' profile: smallest capacity, in (0, 1].
+  """
+
+  straggler_fraction: float = 0.0
+  straggler_budget: str = 'epochs'
+  straggler_min_steps: int = 1
+  straggler_max_steps: int = 0
+  capacity_profile: str = 'none'
+  min_capacity: float = 0.1
+
+  def validate(self) -> None:
+    if not 0.0 <= self.straggler_fraction <= 1.0:
+      raise errors.UsageError(
+          f'--straggler_fraction={self.straggler_fraction} must be in [0, 1]')
+    if self.straggler_budget not in STRAGGLER_BUDGETS:
+      raise errors.UsageError(
+          f'--straggler_budget={self.straggler_budget!r} must be one of '
+          f'{", ".join(STRAGGLER_BUDGETS)}')
+    if self.straggler_min_steps < 1:
+      raise errors.UsageError(
+          f'--straggler_min_steps={self.straggler_min_steps} must be >= 1')
+    if 0 < self.straggler_max_steps < self.straggler_min_steps:
+      raise errors.UsageError(
+          f'--straggler_max_steps={self.straggler_max_steps} must be 0 or >= '
+          f'--straggler_min_steps={self.straggler_min_steps}')
+    CAPACITY_PROFILES.get(self.capacity_profile)
+    if not 0.0 < self.min_capacity <= 1.0:
+      raise errors.UsageError(
+          f'--min_capacity={self.min_capacity} must be in (0, 1]')
+
+  @property
+  def enabled(self) -> bool:
+    return self.straggler_fraction > 0 or self.capacity_profile != 'none'
+
+  def capacity(self, seed: int, client_index: int) -> float:
+    """Client's fixed capacity in (0, 1]; 1 without a profile."""
+    profile = CAPACITY_PROFILES.get(self.capacity_profile)
+    if profile is None:
+      return 1.0
+    rng = np.random.default_rng([seed, _CAPACITY_STREAM, client_index])
+    return profile(rng, self.min_capacity)
+
+  def local_steps(
+      self,
+      seed: int,
+      round_num: int,
+      client_index: int,
+      steps_per_epoch: int,
+      epochs: int,
+  ) -> tuple[int, bool]:
+    """Returns (budget in local steps, whether the client straggles)."""
+    full = steps_per_epoch * epochs
+    budget = max(1, math.ceil(self.capacity(seed, client_index) * full))
+    rng = np.random.default_rng(
+        [seed, _STRAGGLER_STREAM, round_num, client_index])
+    straggler = bool(rng.random() < self.straggler_fraction)
+    if straggler:
+      if self.straggler_budget == 'epochs':
+        steps = int(rng.integers(1, epochs + 1)) * steps_per_epoch
+      else:
+        high = self.straggler_max_steps or max(full - 1, 1)
+        low = min(self.straggler_min_steps, high)
+        steps = int(rng.integers(low, high + 1))
+      budget = min(budget, steps)
+    return min(budget, full), straggler
