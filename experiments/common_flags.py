@@ -18,8 +18,10 @@ from tff_pipeline import aggregators
 from tff_pipeline import algorithms
 from tff_pipeline import cli
 from tff_pipeline import errors
+from tff_pipeline import faults
 from tff_pipeline import config as config_lib
 from tff_pipeline import heterogeneity
+from tff_pipeline import runtime
 from tff_pipeline.algorithms import optimizers
 
 FLAGS = flags.FLAGS
@@ -86,6 +88,14 @@ def define_training_flags(**defaults: Any) -> None:
   define_bool('allow_flag_changes', False,
               'Resume from checkpoints made with other hyperparameters.')
   define_bool('progress', True, 'Show a progress bar on stderr.')
+  define_list('workers', [],
+              'host:port of TFF workers started with `python -m '
+              'experiments.run_worker`; each round\'s clients are split '
+              'across them. Empty: one local worker. The traffic is not '
+              'encrypted: use a private network or a tunnel.')
+  define_float('worker_connect_timeout', 30.0,
+               'Seconds to wait for a worker to become reachable before '
+               'failing with an error that names it.')
 
   # Federated training.
   define_integer('total_rounds', d['total_rounds'],
@@ -123,6 +133,7 @@ def define_training_flags(**defaults: Any) -> None:
                  '(adam, yogi, adagrad).')
   define_compensation_flags()
   define_aggregation_flags()
+  define_fault_flags()
 
 
 def define_compensation_flags() -> None:
@@ -184,6 +195,15 @@ def define_aggregation_flags() -> None:
               '--compression_bits bits before summing.')
   define_integer('compression_bits', 8,
                  'compression: bits per quantized value.')
+
+
+def define_fault_flags() -> None:
+  """Simulated faulty clients."""
+  define_float('faulty_client_fraction', 0.0,
+               'Share of each round\'s sampled clients that are faulty, '
+               'chosen from (seed, round).')
+  define_enum('faulty_mode', 'nan', faults.FAULT_MODES.names(),
+              'What faulty clients do: ' + faults.FAULT_MODES.help_text())
 
 
 def aggregation_config() -> config_lib.AggregationConfig:
@@ -250,9 +270,22 @@ def training_config() -> config_lib.TrainingConfig:
       ),
       aggregation=aggregation_config(),
       proximal_strength=FLAGS.proximal_strength,
+      faults=faults.FaultInjection(fraction=FLAGS.faulty_client_fraction,
+                                   mode=FLAGS.faulty_mode),
   )
   config.validate(num_clients=FLAGS.num_clients)
   return config
+
+
+def run_options() -> dict[str, Any]:
+  """Keyword arguments of `loop.run_federated` that come from flags."""
+  return dict(
+      hparams=hparams(),
+      allow_flag_changes=FLAGS.allow_flag_changes,
+      progress=FLAGS.progress,
+      workers=runtime.parse_worker_addresses(FLAGS.workers),
+      worker_connect_timeout=FLAGS.worker_connect_timeout,
+  )
 
 
 def hparams() -> dict[str, Any]:

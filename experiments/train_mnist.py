@@ -65,10 +65,7 @@ def main(argv):
   )
   loop.prepare_outputs(config)
   task = tasks.build_mnist_task(spec)
-  result = loop.run_federated(
-      task, config, hparams=common_flags.hparams(),
-      allow_flag_changes=FLAGS.allow_flag_changes, progress=FLAGS.progress,
-  )
+  result = loop.run_federated(task, config, **common_flags.run_options())
   print(f'final test accuracy {result.summary["final_eval_accuracy"]:.4f} '
         f'after {result.summary["rounds_completed"]} rounds; results in '
         f'{result.paths.results_dir}')

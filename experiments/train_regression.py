@@ -78,10 +78,7 @@ def main(argv):
   outputs.atomic_write_bytes(paths.result('regression_shards.npz'),
                              shards.npz_bytes())
   task = tasks.build_regression_task(shards)
-  result = loop.run_federated(
-      task, config, hparams=common_flags.hparams(),
-      allow_flag_changes=FLAGS.allow_flag_changes, progress=FLAGS.progress,
-  )
+  result = loop.run_federated(task, config, **common_flags.run_options())
   summary = result.summary
   print(f'final weights {summary["final_weights"]}, optimum '
         f'{summary["optimum_weights"]}, distance '

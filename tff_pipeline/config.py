@@ -12,6 +12,7 @@ import math
 import re
 
 from tff_pipeline import errors
+from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 
 
@@ -145,6 +146,7 @@ class TrainingConfig:
     heterogeneity: Simulated per-client compute budgets.
     aggregation: Settings of the aggregator and its wrappers.
     proximal_strength: `fedprox`: mu of the proximal term.
+    faults: Simulated faulty clients.
   """
 
   experiment_name: str
@@ -166,6 +168,7 @@ class TrainingConfig:
       heterogeneity_lib.ComputeHeterogeneity())
   aggregation: AggregationConfig = AggregationConfig()
   proximal_strength: float = 0.0
+  faults: faults_lib.FaultInjection = faults_lib.FaultInjection()
 
   def validate(self, num_clients: int | None = None) -> None:
     _require(
@@ -204,6 +207,7 @@ class TrainingConfig:
     self.server_optimizer.validate()
     self.heterogeneity.validate()
     self.aggregation.validate()
+    self.faults.validate()
     _require(
         math.isfinite(self.proximal_strength) and self.proximal_strength >= 0,
         'proximal_strength', self.proximal_strength, 'must be >= 0')

@@ -2,7 +2,8 @@
 
 `--aggregator` picks the base aggregation of the clients' model updates:
 
-  * `mean`: the weighted mean of FedAvg (McMahan et al. 2017), weights n_k.
+  * `mean`: the weighted mean of FedAvg (McMahan et al. 2017), weights n_k,
+    with the weighted values summed in float64 (`precise_sum.py`).
   * `compensated`: FedNova normalisation by local steps and q-FFL-style
     loss-aware reweighting around the mean (see `compensation.py`).
   * `median`, `trimmed_mean`: coordinate-wise robust statistics (Yin et al.
@@ -46,6 +47,7 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline import registry
 from tff_pipeline.aggregators import compensation
+from tff_pipeline.aggregators import precise_sum
 from tff_pipeline.aggregators import robust
 
 Factory = (tff.aggregators.WeightedAggregationFactory
@@ -100,7 +102,10 @@ def _core_mean(config: config_lib.TrainingConfig) -> Factory:
         tff.aggregators.EncodedSumFactory.quantize_above_threshold(
             quantization_bits=agg.compression_bits,
             threshold=COMPRESSION_THRESHOLD))
-  return tff.aggregators.MeanFactory()
+  # Summing in float64 makes the mean independent of how the clients are
+  # grouped, e.g. across --workers (see precise_sum.py).
+  return tff.aggregators.MeanFactory(
+      value_sum_factory=precise_sum.Float64SumFactory())
 
 
 def _wrapped(config: config_lib.TrainingConfig, core: Factory) -> Factory:

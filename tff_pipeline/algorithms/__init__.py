@@ -41,14 +41,16 @@ import tensorflow_federated as tff
 
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
+from tff_pipeline import faults
 from tff_pipeline import registry
 from tff_pipeline.aggregators import compensation
 from tff_pipeline.algorithms import compensation_client_work
 from tff_pipeline.algorithms import optimizers
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
-ClientInputFn = Callable[[tf.data.Dataset, int, int], Any]
-"""(one shuffled epoch of batches, local-step budget, n_i) -> client data."""
+ClientInputFn = Callable[[tf.data.Dataset, int, int, int], Any]
+"""(one shuffled epoch of batches, local-step budget, n_i, fault code) ->
+client data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,8 @@ class Algorithm:
   Attributes:
     process: The `tff.learning.templates.LearningProcess`.
     client_input: Packages one epoch of a client's batches, its budget of
-      local steps and its number of examples into what `process.next` takes
-      for that client.
+      local steps, its number of examples and its fault code into what
+      `process.next` takes for that client.
   """
 
   process: tff.learning.templates.LearningProcess
@@ -67,15 +69,24 @@ class Algorithm:
 
 
 def repeated_batches(batches: tf.data.Dataset, local_steps: int,
-                     num_examples: int) -> tf.data.Dataset:
+                     num_examples: int, fault: int) -> tf.data.Dataset:
   """Cycles through the epoch's batches for `local_steps` steps.
 
   The epoch is shuffled anew on each pass (the loop shuffles with
   `reshuffle_each_iteration=True`), as in `shuffle().batch().repeat(E)`.
-  TFF's client work counts the examples it sees, so `num_examples` is unused.
+  TFF's client work counts the examples it sees, so `num_examples` is unused;
+  update faults need the composed client work, so `fault` must be honest.
   """
   del num_examples
+  _require_honest(fault)
   return batches.repeat().take(local_steps)
+
+
+def _require_honest(fault: int) -> None:
+  if fault not in (faults.HONEST, faults.ZERO_EXAMPLES):
+    raise errors.UsageError(
+        'this algorithm cannot inject update faults; use --algorithm=fedavg '
+        'or fedprox with --faulty_mode')
 
 
 AlgorithmBuilder = Callable[
@@ -139,7 +150,8 @@ def build_fedavg(
     config: config_lib.TrainingConfig,
     model_aggregator: tff.aggregators.WeightedAggregationFactory,
 ) -> Algorithm:
-  if isinstance(model_aggregator, compensation.CompensatedFactory):
+  if (isinstance(model_aggregator, compensation.CompensatedFactory)
+      or config.faults.corrupts_updates):
     return _build_composed(model_fn, config, model_aggregator)
   process = tff.learning.algorithms.build_weighted_fed_avg(
       model_fn,
@@ -164,9 +176,10 @@ def build_fedprox(
 
 
 def one_pass(batches: tf.data.Dataset, local_steps: int,
-             num_examples: int) -> tf.data.Dataset:
+             num_examples: int, fault: int) -> tf.data.Dataset:
   """FedSGD's client data: one pass, cut to the budget for stragglers."""
   del num_examples
+  _require_honest(fault)
   return batches.take(local_steps)
 
 
@@ -182,6 +195,10 @@ def build_fedsgd(
     raise errors.UsageError(
         '--aggregator=compensated normalises local steps, but '
         '--algorithm=fedsgd runs none; use fedavg or fedprox')
+  if config.faults.corrupts_updates:
+    raise errors.UsageError(
+        f'--faulty_mode={config.faults.mode} corrupts updates, which '
+        '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
   process = tff.learning.algorithms.build_fed_sgd(
       model_fn,
       server_optimizer_fn=optimizers.build_optimizer(config.server_optimizer),

@@ -22,9 +22,12 @@ al. 2017), including FedProx's proximal term (Li et al. 2020, arXiv
 1812.06127) when `proximal_strength > 0`.
 
 Client data type: `<batches=B*, budget=<local_steps=int32,
-num_examples=int32>*>`: one epoch of the client's batches, and a one-element
-sequence holding the step budget and the client's number of examples n_i. The
-client cycles through its batches until the budget is spent. (n_i is passed
+num_examples=int32, fault=int32>*>`: one epoch of the client's batches, and a
+one-element sequence holding the step budget, the client's number of examples
+n_i and a fault code (`tff_pipeline.faults`; 0 is an honest client). The
+client cycles through its batches until the budget is spent. A faulty client
+corrupts its update after its own finiteness check, as a buggy or malicious
+client would send it. (n_i is passed
 rather than counted, because counting would need an extra pass over the
 shuffled data, which would change the shuffle order of training and break the
 exact equivalence with TFF's FedAvg.)
@@ -46,18 +49,35 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_pipeline import faults
+
 MODEL_DELTA = 'model_delta'
 LOCAL_STEPS = 'local_steps'
 PRE_TRAINING_LOSS = 'pre_training_loss'
 
 
 def client_input(batches: tf.data.Dataset, local_steps: int,
-                 num_examples: int) -> collections.OrderedDict:
+                 num_examples: int, fault: int) -> collections.OrderedDict:
   """The client data this client work expects."""
   budget = collections.OrderedDict(local_steps=np.int32(local_steps),
-                                   num_examples=np.int32(num_examples))
+                                   num_examples=np.int32(num_examples),
+                                   fault=np.int32(fault))
   return collections.OrderedDict(
       batches=batches, budget=tf.data.Dataset.from_tensors(budget))
+
+
+def _corrupt(delta, fault: tf.Tensor):
+  """Applies a `tff_pipeline.faults` code to a model delta."""
+
+  def corrupt(d):
+    nan = tf.fill(tf.shape(d), tf.constant(np.nan, d.dtype))
+    inf = tf.fill(tf.shape(d), tf.constant(np.inf, d.dtype))
+    d = tf.where(tf.equal(fault, faults.NAN), nan, d)
+    d = tf.where(tf.equal(fault, faults.INF), inf, d)
+    d = tf.where(tf.equal(fault, faults.SCALE), d * faults.SCALE_FACTOR, d)
+    return tf.where(tf.equal(fault, faults.SIGN_FLIP), -d, d)
+
+  return tf.nest.map_structure(corrupt, delta)
 
 
 def _all_finite(structure) -> tf.Tensor:
@@ -85,10 +105,12 @@ def _build_client_update(
     model_weights = tff.learning.models.ModelWeights.from_model(model)
     tf.nest.map_structure(lambda v, t: v.assign(t), model_weights,
                           initial_weights)
-    budget, num_examples = budget_dataset.reduce(
-        (tf.constant(0, tf.int32), tf.constant(0, tf.int32)),
+    budget, num_examples, fault = budget_dataset.reduce(
+        (tf.constant(0, tf.int32), tf.constant(0, tf.int32),
+         tf.constant(0, tf.int32)),
         lambda total, x: (total[0] + x['local_steps'],
-                          total[1] + x['num_examples']))
+                          total[1] + x['num_examples'],
+                          total[2] + x['fault']))
 
     if measure_loss:
       # Loss of the incoming global model on the client's data.
@@ -151,6 +173,7 @@ def _build_client_update(
     weight = tf.where(finite, weight, 0.0)
     if not finite:
       model.reset_metrics()
+    delta = _corrupt(delta, fault)
     update = collections.OrderedDict([
         (MODEL_DELTA, delta),
         (LOCAL_STEPS, tf.cast(steps, tf.float32)),
@@ -199,7 +222,8 @@ def build_compensation_client_work(
   data_type = tff.StructType([
       ('batches', tff.SequenceType(element_type)),
       ('budget', tff.SequenceType(tff.StructWithPythonType(
-          [('local_steps', np.int32), ('num_examples', np.int32)],
+          [('local_steps', np.int32), ('num_examples', np.int32),
+           ('fault', np.int32)],
           collections.OrderedDict))),
   ])
   weights_type = tff.learning.models.weights_type_from_model(model)

@@ -3,6 +3,7 @@
 from tff_pipeline.runtime.contexts import install_managed_default_context
 from tff_pipeline.runtime.contexts import parse_worker_addresses
 from tff_pipeline.runtime.contexts import Runtime
+from tff_pipeline.runtime.contexts import serve_worker
 from tff_pipeline.runtime.contexts import shutdown_default_runtime
 from tff_pipeline.runtime.contexts import use_local_runtime
 from tff_pipeline.runtime.workers import live_worker_pids

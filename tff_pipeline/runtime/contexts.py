@@ -224,6 +224,48 @@ class Runtime:
       self.close()
 
 
+def serve_worker(
+    port: int,
+    *,
+    bind_address: str | None,
+    max_concurrent_computation_calls: int = -1,
+    log_path: str | None = None,
+    on_ready=None,
+) -> int:
+  """Runs a TFF worker in the foreground until it exits or we are stopped.
+
+  For `python -m experiments.run_worker`: other machines' coordinators
+  connect to it with `--workers=host:port`. Stops the worker on SIGINT or
+  SIGTERM (which `lifecycle.raise_on_termination_signals` turns into
+  `errors.Interrupted`) and on any other exit path.
+
+  Args:
+    port: TCP port to serve on.
+    bind_address: Address to listen on (None: every interface).
+    max_concurrent_computation_calls: Passed to the worker; -1 is no limit.
+    log_path: File for the worker's output; /dev/null when None.
+    on_ready: Called with the `WorkerProcess` once it accepts connections.
+
+  Returns:
+    The worker's exit code, if it exits by itself.
+  """
+  worker = workers_lib.WorkerProcess(
+      port, bind_address=bind_address, log_path=log_path,
+      max_concurrent_computation_calls=max_concurrent_computation_calls)
+  with worker:
+    connection = _WorkerConnection(worker.address, worker, connect_timeout=60)
+    try:
+      connection.ensure_ready()
+      if on_ready is not None:
+        on_ready(worker)
+      while worker.is_running():
+        workers_lib.wait_until(lambda: not worker.is_running(), timeout=1.0,
+                               interval=0.2)
+    finally:
+      connection.close()
+  return worker.returncode() or 0
+
+
 _default_runtime: Runtime | None = None
 
 

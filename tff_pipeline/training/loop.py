@@ -37,6 +37,7 @@ from tff_pipeline.aggregators import communication
 from tff_pipeline import algorithms
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
+from tff_pipeline import faults as faults_lib
 from tff_pipeline import privacy
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
@@ -110,7 +111,9 @@ def client_inputs(
   when `config.heterogeneity` makes it a straggler or gives it a low capacity.
   """
   inputs, budgets, stragglers = [], [], 0
-  for cid in client_ids:
+  fault_codes = config.faults.fault_codes(config.seed, round_num,
+                                          len(client_ids))
+  for cid, fault in zip(client_ids, fault_codes):
     index = task.train_data.client_index(cid)
     steps_per_epoch = task.steps_per_epoch(cid, config.client_batch_size)
     budget, straggler = config.heterogeneity.local_steps(
@@ -119,8 +122,10 @@ def client_inputs(
     epoch = task.client_epoch(
         cid, batch_size=config.client_batch_size,
         shuffle_seed=shuffle_seed(config.seed, round_num, index))
-    inputs.append(algorithm.client_input(
-        epoch, budget, task.train_data.num_examples(cid)))
+    num_examples = task.train_data.num_examples(cid)
+    if fault == faults_lib.ZERO_EXAMPLES:
+      epoch, num_examples = epoch.take(0), 0
+    inputs.append(algorithm.client_input(epoch, budget, num_examples, fault))
     budgets.append(budget)
     stragglers += straggler
   stats = {
@@ -129,6 +134,8 @@ def client_inputs(
       'compute/max_local_steps': float(np.max(budgets)),
       'compute/num_stragglers': float(stragglers),
   }
+  if config.faults.enabled:
+    stats['faults/num_faulty'] = float(faults_lib.count_faulty(fault_codes))
   return inputs, stats
 
 
@@ -196,6 +203,8 @@ def run_federated(
     hparams: Mapping[str, Any] | None = None,
     algorithm: algorithms.Algorithm | None = None,
     runtime: runtime_lib.Runtime | None = None,
+    workers: Sequence[str] = (),
+    worker_connect_timeout: float = 30.0,
     allow_flag_changes: bool = False,
     progress: bool = True,
     on_round_end: Callable[[int, dict[str, float]], None] | None = None,
@@ -209,8 +218,11 @@ def run_federated(
       resume. Defaults to the fields of `config`.
     algorithm: A prebuilt algorithm for this task and config (tests reuse
       one); built here when None.
-    runtime: Execution runtime to use; a local one is started (and stopped)
-      when None.
+    runtime: Execution runtime to use; when None, one is made for `workers`
+      (and closed at the end).
+    workers: `host:port` of remote TFF workers to run the clients on, split
+      across them each round; empty means a local worker started here.
+    worker_connect_timeout: Seconds to wait for a worker to be reachable.
     allow_flag_changes: Resume even if `hparams` differ from the checkpoint's.
     progress: Show a progress bar on stderr.
     on_round_end: Called with (round_num, metrics row) after each round.
@@ -232,7 +244,9 @@ def run_federated(
   own_runtime = runtime is None
   with lifecycle.raise_on_termination_signals():
     if own_runtime:
-      runtime = runtime_lib.Runtime(worker_log=paths.worker_log)
+      runtime = runtime_lib.Runtime(
+          workers, worker_log=paths.worker_log,
+          connect_timeout=worker_connect_timeout)
     try:
       with runtime.installed():
         return _train(task, config, paths, checkpoints, algorithm, progress,
@@ -343,10 +357,13 @@ def _train(
       # model; either way the round failed and must not pass silently.
       if (not _is_finite(new_weights)
           or row.get('finalizer/update_non_finite', 0) > 0):
+        kept = (f'the last good checkpoint (round {last_saved}) is intact'
+                if last_saved else 'no checkpoint had been written yet')
         raise errors.TrainingError(
             f'round {round_num} produced a non-finite model update (NaN or '
-            f'inf); stopped. The last good checkpoint (round {last_saved}) is '
-            'intact; lower the learning rates or enable a robust aggregator'
+            f'inf); stopped, {kept}. Lower the learning rates, or use a '
+            'robust option (--aggregator=median|trimmed_mean|compensated, '
+            '--clip_norm, --zeroing)'
         )
       state, weights = output.state, new_weights
       row.update(compute_stats)
@@ -372,6 +389,13 @@ def _train(
       bar.set_postfix(_postfix(row, task.key_metric), refresh=False)
       bar.update(1)
     status = 'completed'
+  except errors.RuntimeUnavailableError as e:
+    completed = int(recorder.history[-1]['round_num']) if recorder.history \
+        else start_round
+    raise errors.RuntimeUnavailableError(
+        f'{e}. Rounds 1..{completed} finished; the latest checkpoint is round '
+        f'{last_saved}. Restart the worker and run the same command again to '
+        'resume.') from None
   except errors.Interrupted as e:
     status = 'interrupted'
     completed = int(recorder.history[-1]['round_num']) if recorder.history \

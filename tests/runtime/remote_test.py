@@ -1,0 +1,113 @@
+"""Remote TFF workers on loopback: same model as a local run, clear errors
+when a worker dies, and resumption once it is back."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import portpicker
+import pytest
+
+from tests import helpers
+from tff_pipeline.runtime import workers
+
+MNIST_ARGS = ['--experiment_name=remote', '--model=2nn', '--num_clients=20',
+              '--clients_per_round=4', '--client_batch_size=50',
+              '--total_rounds=3', '--rounds_per_checkpoint=1',
+              '--progress=false']
+
+
+class _Worker:
+  """`python -m experiments.run_worker` as a subprocess on a loopback port."""
+
+  def __init__(self, port):
+    self.port = port
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'experiments.run_worker', f'--port={port}'],
+        cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    line = self.process.stdout.readline()
+    assert f'serving on 127.0.0.1:{port}' in line, line
+
+  @property
+  def address(self):
+    return f'127.0.0.1:{self.port}'
+
+  def stop(self, signum=signal.SIGINT):
+    if self.process.poll() is None:
+      self.process.send_signal(signum)
+      self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def two_workers():
+  before = helpers.worker_binary_pids()
+  pool = [_Worker(portpicker.pick_unused_port()) for _ in range(2)]
+  yield pool
+  for worker in pool:
+    worker.stop()
+  assert workers.wait_until(
+      lambda: not helpers.worker_binary_pids() - before, timeout=10)
+
+
+def _weights(root):
+  with np.load(root / 'results' / 'remote' / 'final_weights.npz') as saved:
+    return [saved[k] for k in saved.files]
+
+
+def test_two_workers_give_the_local_model(tmp_path, two_workers):
+  addresses = ','.join(w.address for w in two_workers)
+  remote = helpers.run_binary('experiments.train_mnist', *MNIST_ARGS,
+                              f'--root_output_dir={tmp_path / "remote"}',
+                              f'--workers={addresses}')
+  assert remote.returncode == 0, remote.stderr
+  local = helpers.run_binary('experiments.train_mnist', *MNIST_ARGS,
+                             f'--root_output_dir={tmp_path / "local"}')
+  assert local.returncode == 0, local.stderr
+  for a, b in zip(_weights(tmp_path / 'remote'), _weights(tmp_path / 'local')):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
+  root = tmp_path / 'run'
+  addresses = ','.join(w.address for w in two_workers)
+  args = [*MNIST_ARGS, '--num_clients=4', '--clients_per_round=2',
+          '--client_batch_size=10', '--total_rounds=5',
+          f'--root_output_dir={root}', f'--workers={addresses}',
+          '--worker_connect_timeout=5']
+  run = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train_mnist', *args],
+      cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  summary_path = root / 'results' / 'remote' / 'summary.json'
+
+  def some_round_done():
+    try:
+      return json.loads(summary_path.read_text())['rounds_completed'] >= 1
+    except (OSError, ValueError):
+      return False
+
+  try:
+    assert workers.wait_until(some_round_done, timeout=300, interval=0.2)
+    two_workers[1].stop(signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+  finally:
+    run.kill()
+  assert run.returncode != 0
+  error = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert len(error) == 1, stderr
+  assert f'TFF worker {two_workers[1].address} is not reachable' in error[0]
+  assert 'run the same command again to resume' in error[0]
+  completed = json.loads(summary_path.read_text())['rounds_completed']
+  assert completed < 5
+
+  two_workers[1] = _Worker(two_workers[1].port)
+  resumed = helpers.run_binary('experiments.train_mnist', *args)
+  assert resumed.returncode == 0, resumed.stderr
+  summary = json.loads(summary_path.read_text())
+  assert summary['rounds_completed'] == 5
+  assert 1 <= summary['resumed_from_round'] <= completed
