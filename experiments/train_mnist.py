@@ -16,6 +16,7 @@ from absl import flags
 from experiments import common_flags
 from tff_pipeline import cli
 from tff_pipeline import tasks
+from tff_pipeline.data import feature_skew
 from tff_pipeline.data import partition
 from tff_pipeline.training import loop
 
@@ -42,6 +43,12 @@ common_flags.define_float('client_holdout_fraction', 0.0,
                           'Share of each client\'s examples held out of '
                           'training to report per-client accuracy (mean, 10th '
                           'percentile, worst, variance); 0 turns it off.')
+common_flags.define_enum('feature_skew', 'none',
+                         feature_skew.FEATURE_SKEWS.names(),
+                         'Feature-distribution skew of a minority of clients: '
+                         + feature_skew.FEATURE_SKEWS.help_text())
+common_flags.define_float('feature_skew_fraction', 0.2,
+                          'Share of clients in the --feature_skew minority.')
 common_flags.define_string('mnist_path', '',
                            'Keras mnist.npz or a directory of the four IDX '
                            'files; empty uses the packaged copy.')
@@ -61,6 +68,8 @@ def main(argv):
       ),
       mnist_path=FLAGS.mnist_path,
       client_holdout_fraction=FLAGS.client_holdout_fraction,
+      feature_skew=FLAGS.feature_skew,
+      feature_skew_fraction=FLAGS.feature_skew_fraction,
       seed=FLAGS.seed,
   )
   loop.prepare_outputs(config)

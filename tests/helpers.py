@@ -34,3 +34,21 @@ def run_binary(module: str, *args: str, timeout: float = 600,
       cwd=REPO_ROOT, env=env, capture_output=True, text=True,
       timeout=timeout, **kwargs,
   )
+
+
+def _parent_pid(pid: int) -> int | None:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return int(f.read().rsplit(')', 1)[1].split()[1])
+  except OSError:
+    return None
+
+
+def leaked_worker_pids(before: set[int]) -> set[int]:
+  """Workers started since `before` whose parent has died (orphans).
+
+  A worker whose parent is alive belongs to a running program (possibly
+  another test run on the same machine); an orphan was left behind.
+  """
+  return {pid for pid in worker_binary_pids() - before
+          if _parent_pid(pid) in (None, 1)}

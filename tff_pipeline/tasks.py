@@ -25,6 +25,7 @@ import tensorflow_federated as tff
 from tff_pipeline import errors
 from tff_pipeline import models
 from tff_pipeline.data import client_data as client_data_lib
+from tff_pipeline.data import feature_skew as feature_skew_lib
 from tff_pipeline.data import mnist as mnist_lib
 from tff_pipeline.data import partition as partition_lib
 from tff_pipeline.data import regression as regression_lib
@@ -228,6 +229,9 @@ class MnistTaskSpec:
     client_holdout_fraction: Share of each client's examples held out of
       training, to measure per-client accuracy (the fairness view); 0 turns
       per-client evaluation off.
+    feature_skew: Registry name in `feature_skew.FEATURE_SKEWS`: how the
+      minority clients' images are transformed.
+    feature_skew_fraction: Share of clients in that minority.
     seed: Seeds the partition and the model initialisation.
   """
 
@@ -239,6 +243,8 @@ class MnistTaskSpec:
   )
   mnist_path: str = ''
   client_holdout_fraction: float = 0.0
+  feature_skew: str = 'none'
+  feature_skew_fraction: float = 0.0
   seed: int = 0
 
 
@@ -260,16 +266,19 @@ def build_mnist_task(
       spec.partition, arrays.train_y, spec.num_clients, spec.seed,
       spec.partition_params,
   )
+  train_x, minority = feature_skew_lib.apply_feature_skew(
+      arrays.train_x, indices, spec.feature_skew, spec.feature_skew_fraction,
+      spec.seed)
   indices, held = split_holdout(indices, spec.client_holdout_fraction,
                                 spec.seed)
   train_data = client_data_lib.ArrayClientData(
-      collections.OrderedDict(x=arrays.train_x, y=arrays.train_y), indices
+      collections.OrderedDict(x=train_x, y=arrays.train_y), indices
   )
   holdout = None
   if spec.client_holdout_fraction > 0:
     held_all = np.concatenate(held)
     owner = np.repeat(np.arange(spec.num_clients), [len(h) for h in held])
-    holdout = (arrays.train_x[held_all], arrays.train_y[held_all], owner,
+    holdout = (train_x[held_all], arrays.train_y[held_all], owner,
                spec.num_clients)
 
   def model_builder() -> tf.keras.Model:
@@ -302,6 +311,8 @@ def build_mnist_task(
           'client_size_max': int(sizes.max()),
           'num_test_examples': int(len(arrays.test_y)),
           'client_holdout_examples': int(sum(len(h) for h in held)),
+          'feature_skew': spec.feature_skew,
+          'feature_skew_clients': minority.tolist(),
       },
   )
 

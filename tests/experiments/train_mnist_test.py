@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import numpy as np
 import pytest
 
 from tests import helpers
@@ -43,7 +43,7 @@ def test_smoke_two_rounds(tmp_path):
   assert hparams['model'] == '2nn' and hparams['partition'] == 'iid'
   assert (results / 'accuracy.png').exists()
   assert 'final test accuracy' in done.stdout
-  assert not helpers.worker_binary_pids() - before
+  assert not helpers.leaked_worker_pids(before)
 
 
 @pytest.mark.parametrize('args, message', [
@@ -69,7 +69,7 @@ def test_bad_input_gets_one_line(tmp_path, args, message):
   errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and message in errors[0], done.stderr
   assert 'Traceback' not in done.stderr
-  assert not helpers.worker_binary_pids() - before
+  assert not helpers.leaked_worker_pids(before)
 
 
 def test_corrupt_mnist_file_and_unwritable_output(tmp_path):
@@ -127,7 +127,7 @@ def test_signal_saves_progress_stops_worker_and_resume_finishes(
   assert process.returncode == 130, stderr
   assert 'Run the same command again to resume' in stderr
   assert 'Traceback' not in stderr
-  assert not helpers.worker_binary_pids() - before
+  assert not helpers.leaked_worker_pids(before)
   completed = json.loads(summary_path.read_text())['rounds_completed']
   if completed < 3:
     assert json.loads(summary_path.read_text())['status'] == 'interrupted'
@@ -140,3 +140,57 @@ def test_signal_saves_progress_stops_worker_and_resume_finishes(
   assert summary['rounds_completed'] == 3
   with open(tmp_path / 'results' / 'sig' / 'experiment.metrics.csv') as f:
     assert [r['round_num'] for r in csv.DictReader(f)] == ['1', '2', '3']
+
+
+def _final_weights(root, name):
+  with np.load(root / 'results' / name / 'final_weights.npz') as saved:
+    return [saved[k] for k in saved.files]
+
+
+def _last_row(root, name):
+  with open(root / 'results' / name / 'experiment.metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  return rows, {k: v for k, v in rows[-1].items() if k != 'round_seconds'}
+
+
+def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
+  """Issue acceptance: 6 rounds of the 2NN with 10 clients per round, killed
+  with SIGKILL after round 3's checkpoint and rerun, end with the model and
+  the last CSV row of the uninterrupted run."""
+  args = ['--experiment_name=kill', '--model=2nn', '--num_clients=100',
+          '--clients_per_round=10', '--client_epochs_per_round=2',
+          '--total_rounds=6', '--rounds_per_checkpoint=3', '--progress=false']
+  straight = helpers.run_binary(MODULE, *args,
+                                f'--root_output_dir={tmp_path / "straight"}')
+  assert straight.returncode == 0, straight.stderr
+
+  root = tmp_path / 'killed'
+  before = helpers.worker_binary_pids()
+  process = subprocess.Popen(
+      [sys.executable, '-m', MODULE, *args, f'--root_output_dir={root}'],
+      cwd=helpers.REPO_ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  checkpoint = root / 'checkpoints' / 'kill' / 'round_3'
+  try:
+    assert workers.wait_until(checkpoint.exists, timeout=600, interval=0.02)
+    assert process.poll() is None, 'the run ended before it could be killed'
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+  finally:
+    process.kill()
+  # The kernel stops the worker of a SIGKILLed run (PR_SET_PDEATHSIG).
+  assert workers.wait_until(lambda: not helpers.leaked_worker_pids(before),
+                            timeout=10)
+  summary = json.loads((root / 'results' / 'kill' / 'summary.json').read_text())
+  assert 3 <= summary['rounds_completed'] < 6
+
+  resumed = helpers.run_binary(MODULE, *args, f'--root_output_dir={root}')
+  assert resumed.returncode == 0, resumed.stderr
+  summary = json.loads((root / 'results' / 'kill' / 'summary.json').read_text())
+  assert summary['resumed_from_round'] == 3
+  for a, b in zip(_final_weights(tmp_path / 'straight', 'kill'),
+                  _final_weights(root, 'kill')):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  rows, last = _last_row(root, 'kill')
+  assert [r['round_num'] for r in rows] == ['1', '2', '3', '4', '5', '6']
+  assert last == _last_row(tmp_path / 'straight', 'kill')[1]

@@ -51,7 +51,7 @@ def two_workers():
   for worker in pool:
     worker.stop()
   assert workers.wait_until(
-      lambda: not helpers.worker_binary_pids() - before, timeout=10)
+      lambda: not helpers.leaked_worker_pids(before), timeout=10)
 
 
 def _weights(root):

@@ -101,3 +101,31 @@ def plot_history(
                    ylabel=name, logy=name in ('loss', 'distance_to_optimum')):
       written.append(path)
   return written
+
+
+def plot_runs(
+    path: str,
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    metric: str,
+    *,
+    title: str,
+    logy: bool = False,
+) -> bool:
+  """One metric of several runs against rounds, one line per run.
+
+  Args:
+    path: PNG to write.
+    histories: Run label -> its per-round rows (as in the metrics CSV).
+    metric: Column to plot, e.g. 'eval/client_accuracy_p10'.
+    title: Plot title.
+    logy: Logarithmic y axis.
+
+  Returns:
+    False if no run has the metric.
+  """
+  series = {
+      label: [(row['round_num'], row[metric]) for row in rows if metric in row]
+      for label, rows in histories.items()
+  }
+  return plot_series(path, series, title=title, ylabel=metric.split('/')[-1],
+                     logy=logy)
