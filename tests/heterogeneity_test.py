@@ -57,3 +57,15 @@ def test_capacity_is_fixed_per_client_and_budgets_are_reproducible():
 def test_bad_settings_name_their_flag(kwargs, flag):
   with pytest.raises(errors.UsageError, match=flag):
     heterogeneity.ComputeHeterogeneity(**kwargs).validate()
+
+
+def test_minority_profile_slows_exactly_the_feature_skew_minority():
+  from tff_pipeline.data import feature_skew  # pylint: disable=g-import-not-at-top
+  h = heterogeneity.ComputeHeterogeneity(capacity_profile='minority',
+                                         min_capacity=0.25,
+                                         slow_client_fraction=0.3)
+  skewed = set(feature_skew.skewed_clients(20, 0.3, seed=5).tolist())
+  assert len(skewed) == 6
+  for client in range(20):
+    steps, _ = h.local_steps(5, 1, client, 10, 2, num_clients=20)
+    assert steps == (5 if client in skewed else 20)

@@ -16,6 +16,14 @@ from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 
 
+def _finite(value: float) -> bool:
+  """math.isfinite, but False for ints too large for a float (10**400)."""
+  try:
+    return math.isfinite(value)
+  except OverflowError:
+    return False
+
+
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
   if not ok:
     raise errors.UsageError(f'--{flag}={value} {expected}')
@@ -23,7 +31,7 @@ def _require(ok: bool, flag: str, value: object, expected: str) -> None:
 
 def _positive_finite(flag: str, value: float) -> None:
   _require(
-      isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+      isinstance(value, (int, float)) and _finite(value) and value > 0,
       flag, value, 'must be a positive finite number',
   )
 
@@ -63,6 +71,8 @@ class AggregationConfig:
       update by its local steps.
     compensation_q: `compensated`: power q of the loss-aware reweighting; 0
       turns it off.
+    compensation_max_factor: `compensated`: the loss factor is clipped to
+      [1/c, c] for this c >= 1.
     trim_fraction: `trimmed_mean`: share trimmed at each end, in [0, 0.5).
     clip_norm: L2 clipping of each client's update; 0 turns it off.
     zeroing: Zero out updates whose norm is far above the recent ones
@@ -80,6 +90,7 @@ class AggregationConfig:
 
   compensation_normalize: bool = True
   compensation_q: float = 0.0
+  compensation_max_factor: float = 3.0
   trim_fraction: float = 0.1
   clip_norm: float = 0.0
   zeroing: bool = False
@@ -96,14 +107,19 @@ class AggregationConfig:
     return self.dp_noise_multiplier > 0
 
   def validate(self) -> None:
-    _require(math.isfinite(self.compensation_q) and self.compensation_q >= 0,
+    _require(_finite(self.compensation_q) and self.compensation_q >= 0,
              'compensation_q', self.compensation_q, 'must be >= 0')
+    _require(
+        _finite(self.compensation_max_factor)
+        and self.compensation_max_factor >= 1,
+        'compensation_max_factor', self.compensation_max_factor,
+        'must be >= 1')
     _require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
              self.trim_fraction, 'must be in [0, 0.5)')
-    _require(math.isfinite(self.clip_norm) and self.clip_norm >= 0,
+    _require(_finite(self.clip_norm) and self.clip_norm >= 0,
              'clip_norm', self.clip_norm, 'must be >= 0 (0 turns it off)')
     _require(
-        math.isfinite(self.dp_noise_multiplier)
+        _finite(self.dp_noise_multiplier)
         and self.dp_noise_multiplier >= 0,
         'dp_noise_multiplier', self.dp_noise_multiplier,
         'must be >= 0 (0 turns DP off)')
@@ -172,9 +188,11 @@ class TrainingConfig:
 
   def validate(self, num_clients: int | None = None) -> None:
     _require(
-        bool(re.fullmatch(r'[A-Za-z0-9._-]+', self.experiment_name or '')),
+        bool(re.fullmatch(r'[A-Za-z0-9._-]+', self.experiment_name or ''))
+        and self.experiment_name not in ('.', '..'),
         'experiment_name', repr(self.experiment_name),
-        'must be non-empty and use only letters, digits, ".", "_" and "-"',
+        'must be non-empty, use only letters, digits, ".", "_" and "-", and '
+        'not be "." or ".." (which would leave the run\'s directories)',
     )
     _require(bool(self.root_output_dir), 'root_output_dir',
              repr(self.root_output_dir), 'must be a directory path')
@@ -209,5 +227,5 @@ class TrainingConfig:
     self.aggregation.validate()
     self.faults.validate()
     _require(
-        math.isfinite(self.proximal_strength) and self.proximal_strength >= 0,
+        _finite(self.proximal_strength) and self.proximal_strength >= 0,
         'proximal_strength', self.proximal_strength, 'must be >= 0')

@@ -15,7 +15,12 @@ which can be combined (the smaller budget wins):
     Optimization" (FedNova, arXiv 2007.07481), sec. 6.
   * a capacity profile (`--capacity_profile`) fixed across rounds: client k
     has capacity c_k and always runs ceil(c_k * E * steps_per_epoch) steps;
-    `uniform` draws c_k from U[`--min_capacity`, 1].
+    `uniform` draws c_k from U[`--min_capacity`, 1]; `minority` gives the
+    clients of a `--slow_client_fraction` minority capacity `--min_capacity`
+    and everyone else 1. The minority is `minority_clients(...)`, the same
+    selection that `--feature_skew` uses: with equal fractions, the clients
+    that see different images are also the slow ones (one kind of device
+    that differs in both ways).
 
 Every draw is a pure function of (seed, round, client) or (seed, client), so
 a seed always gives the same budgets, also after a resume.
@@ -36,7 +41,8 @@ from tff_pipeline import registry
 _STRAGGLER_STREAM = 0x5354_5241
 _CAPACITY_STREAM = 0x4341_5041
 
-CapacityFn = Callable[[np.random.Generator, float], float]
+CapacityFn = Callable[['ComputeHeterogeneity', int, int, int | None], float]
+"""(settings, seed, client index, number of clients) -> capacity in (0, 1]."""
 CAPACITY_PROFILES: registry.Registry[CapacityFn | None] = registry.Registry(
     'capacity profile', '--capacity_profile'
 )
@@ -46,8 +52,43 @@ CAPACITY_PROFILES.register('none', 'every client can run its full budget')(
 
 @CAPACITY_PROFILES.register('uniform',
                             'capacity ~ U[--min_capacity, 1], fixed per client')
-def _uniform_capacity(rng: np.random.Generator, min_capacity: float) -> float:
-  return float(rng.uniform(min_capacity, 1.0))
+def _uniform_capacity(h: 'ComputeHeterogeneity', seed: int,
+                      client_index: int, num_clients: int | None) -> float:
+  del num_clients
+  rng = np.random.default_rng([seed, _CAPACITY_STREAM, client_index])
+  return float(rng.uniform(h.min_capacity, 1.0))
+
+
+@CAPACITY_PROFILES.register(
+    'minority',
+    'a --slow_client_fraction minority runs at --min_capacity (the '
+    '--feature_skew minority when the fractions are equal)')
+def _minority_capacity(h: 'ComputeHeterogeneity', seed: int,
+                       client_index: int, num_clients: int | None) -> float:
+  if num_clients is None:
+    raise ValueError('the minority capacity profile needs num_clients')
+  slow = minority_clients(num_clients, h.slow_client_fraction, seed)
+  return h.min_capacity if client_index in set(slow.tolist()) else 1.0
+
+
+# Separates the minority's random stream from the others of --seed.
+_MINORITY_STREAM = 0x534B_4557
+
+
+def minority_clients(num_clients: int, fraction: float,
+                     seed: int) -> np.ndarray:
+  """The round(fraction * num_clients) clients of the run's minority.
+
+  A pure function of (num_clients, fraction, seed), shared by the `minority`
+  capacity profile and `--feature_skew`.
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise errors.UsageError(
+        f'minority fraction {fraction} (--feature_skew_fraction or '
+        '--slow_client_fraction) must be in [0, 1]')
+  count = int(round(fraction * num_clients))
+  rng = np.random.default_rng([seed, _MINORITY_STREAM])
+  return np.sort(rng.permutation(num_clients)[:count])
 
 
 STRAGGLER_BUDGETS = ('epochs', 'steps')
@@ -64,7 +105,9 @@ class ComputeHeterogeneity:
     straggler_max_steps: 'steps': largest straggler budget; 0 means the full
       budget minus one step.
     capacity_profile: Registry name in `CAPACITY_PROFILES`.
-    min_capacity: 'uniform' profile: smallest capacity, in (0, 1].
+    min_capacity: Smallest capacity ('uniform'), or the slow minority's
+      capacity ('minority'), in (0, 1].
+    slow_client_fraction: 'minority' profile: share of slow clients.
   """
 
   straggler_fraction: float = 0.0
@@ -73,6 +116,7 @@ class ComputeHeterogeneity:
   straggler_max_steps: int = 0
   capacity_profile: str = 'none'
   min_capacity: float = 0.1
+  slow_client_fraction: float = 0.2
 
   def validate(self) -> None:
     if not 0.0 <= self.straggler_fraction <= 1.0:
@@ -90,6 +134,10 @@ class ComputeHeterogeneity:
           f'--straggler_max_steps={self.straggler_max_steps} must be 0 or >= '
           f'--straggler_min_steps={self.straggler_min_steps}')
     CAPACITY_PROFILES.get(self.capacity_profile)
+    if not 0.0 <= self.slow_client_fraction <= 1.0:
+      raise errors.UsageError(
+          f'--slow_client_fraction={self.slow_client_fraction} must be in '
+          '[0, 1]')
     if not 0.0 < self.min_capacity <= 1.0:
       raise errors.UsageError(
           f'--min_capacity={self.min_capacity} must be in (0, 1]')
@@ -98,13 +146,13 @@ class ComputeHeterogeneity:
   def enabled(self) -> bool:
     return self.straggler_fraction > 0 or self.capacity_profile != 'none'
 
-  def capacity(self, seed: int, client_index: int) -> float:
+  def capacity(self, seed: int, client_index: int,
+               num_clients: int | None = None) -> float:
     """Client's fixed capacity in (0, 1]; 1 without a profile."""
     profile = CAPACITY_PROFILES.get(self.capacity_profile)
     if profile is None:
       return 1.0
-    rng = np.random.default_rng([seed, _CAPACITY_STREAM, client_index])
-    return profile(rng, self.min_capacity)
+    return profile(self, seed, client_index, num_clients)
 
   def local_steps(
       self,
@@ -113,10 +161,12 @@ class ComputeHeterogeneity:
       client_index: int,
       steps_per_epoch: int,
       epochs: int,
+      num_clients: int | None = None,
   ) -> tuple[int, bool]:
     """Returns (budget in local steps, whether the client straggles)."""
     full = steps_per_epoch * epochs
-    budget = max(1, math.ceil(self.capacity(seed, client_index) * full))
+    budget = max(1, math.ceil(
+        self.capacity(seed, client_index, num_clients) * full))
     rng = np.random.default_rng(
         [seed, _STRAGGLER_STREAM, round_num, client_index])
     straggler = bool(rng.random() < self.straggler_fraction)

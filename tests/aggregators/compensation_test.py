@@ -56,11 +56,22 @@ def test_reference_loss_reweighting_by_hand():
   # n = (1, 1), L = (1, 3): Lbar = 2, factors (0.5, 1.5)^2 = (0.25, 2.25),
   # p = (0.1, 0.9).
   update, m = compensation.compensated_average(
-      np.array([[10.0], [0.0]]), [1, 1], [1.0, 3.0], [1, 1], loss_power=2)
+      np.array([[10.0], [0.0]]), [1, 1], [1.0, 3.0], [1, 1], loss_power=2,
+      max_loss_factor=10)
   np.testing.assert_allclose(update, [1.0])
   assert m['min_effective_weight'] == pytest.approx(0.1)
   assert m['max_effective_weight'] == pytest.approx(0.9)
   assert m['num_reweighted'] == 2 and m['mean_pre_training_loss'] == 2
+
+
+def test_reference_clips_the_loss_factor():
+  # L = (1, 19): Lbar = 10, factors (0.1, 1.9)^1 clipped to [1/2, 2] give
+  # (0.5, 1.9): p = (0.5/2.4, 1.9/2.4).
+  update, m = compensation.compensated_average(
+      np.array([[12.0], [0.0]]), [1, 1], [1.0, 19.0], [1, 1], loss_power=1,
+      max_loss_factor=2)
+  np.testing.assert_allclose(update, [12 * 0.5 / 2.4])
+  assert m['min_effective_weight'] == pytest.approx(0.5 / 2.4)
 
 
 def test_reference_drops_zero_weight_and_nan_clients():

@@ -34,7 +34,7 @@ def test_none_and_bad_fraction():
   same, minority = feature_skew.apply_feature_skew(
       x, [np.arange(4)], 'none', 0.5, seed=0)
   assert same is x and len(minority) == 0
-  with pytest.raises(errors.UsageError, match='--feature_skew_fraction=1.5'):
+  with pytest.raises(errors.UsageError, match='--feature_skew_fraction'):
     feature_skew.skewed_clients(10, 1.5, 0)
   with pytest.raises(errors.UsageError, match="--feature_skew='blur'"):
     feature_skew.apply_feature_skew(x, [np.arange(4)], 'blur', 0.5, seed=0)

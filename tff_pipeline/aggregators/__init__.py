@@ -148,6 +148,7 @@ def _compensated(
   return compensation.CompensatedFactory(
       normalize_local_steps=config.aggregation.compensation_normalize,
       loss_power=config.aggregation.compensation_q,
+      max_loss_factor=config.aggregation.compensation_max_factor,
       inner=_wrapped(config, _core_mean(config)),
   )
 

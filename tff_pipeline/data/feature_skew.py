@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tff_pipeline import errors
+from tff_pipeline import heterogeneity
 from tff_pipeline import registry
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -39,18 +39,13 @@ def _rotate90(x: np.ndarray) -> np.ndarray:
   return np.rot90(x.reshape(-1, 28, 28), axes=(1, 2)).reshape(len(x), -1)
 
 
-# Separates this stream from the others derived from --seed.
-_SKEW_STREAM = 0x534B_4557
-
-
 def skewed_clients(num_clients: int, fraction: float, seed: int) -> np.ndarray:
-  """Indices of the round(fraction * num_clients) clients in the minority."""
-  if not 0.0 <= fraction <= 1.0:
-    raise errors.UsageError(
-        f'--feature_skew_fraction={fraction} must be in [0, 1]')
-  count = int(round(fraction * num_clients))
-  rng = np.random.default_rng([seed, _SKEW_STREAM])
-  return np.sort(rng.permutation(num_clients)[:count])
+  """Indices of the round(fraction * num_clients) clients in the minority.
+
+  The same clients as the `minority` capacity profile's slow ones, for the
+  same fraction and seed.
+  """
+  return heterogeneity.minority_clients(num_clients, fraction, seed)
 
 
 def apply_feature_skew(

@@ -15,7 +15,6 @@ On top of TFF's manager this module adds:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from absl import logging
 import tensorflow_federated as tff
 
 from tff_pipeline import errors
+from tff_pipeline.training import aio
 from tff_pipeline.training import outputs
 
 PREFIX = 'round_'
@@ -54,10 +54,10 @@ class CheckpointManager:
     )
 
   def versions(self) -> list[int]:
-    return asyncio.run(self._manager.get_versions()) or []
+    return aio.run_sync(self._manager.get_versions()) or []
 
   def save(self, state: Any, round_num: int) -> None:
-    asyncio.run(self._manager.save(
+    aio.run_sync(self._manager.save(
         {'process_state': state, 'round_num': round_num}, round_num
     ))
 
@@ -70,7 +70,7 @@ class CheckpointManager:
     structure = {'process_state': state_structure, 'round_num': 0}
     for version in sorted(self.versions(), reverse=True):
       try:
-        loaded = asyncio.run(self._manager.load(version, structure))
+        loaded = aio.run_sync(self._manager.load(version, structure))
         return loaded['process_state'], int(loaded['round_num'])
       except Exception as e:  # pylint: disable=broad-except
         # Any failure to read means this checkpoint cannot be trusted.

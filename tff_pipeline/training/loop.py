@@ -21,7 +21,6 @@ manager drops rows at or after the resumed round, so no row is duplicated.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sys
 import time
@@ -43,6 +42,7 @@ from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.training import checkpoints as checkpoints_lib
+from tff_pipeline.training import aio
 from tff_pipeline.training import outputs as outputs_lib
 from tff_pipeline.training import plots
 
@@ -118,7 +118,8 @@ def client_inputs(
     steps_per_epoch = task.steps_per_epoch(cid, config.client_batch_size)
     budget, straggler = config.heterogeneity.local_steps(
         config.seed, round_num, index, steps_per_epoch,
-        config.client_epochs_per_round)
+        config.client_epochs_per_round,
+        num_clients=len(task.train_data.client_ids))
     epoch = task.client_epoch(
         cid, batch_size=config.client_batch_size,
         shuffle_seed=shuffle_seed(config.seed, round_num, index))
@@ -167,7 +168,7 @@ class _Recorder:
         scalars = {k: np.float32(v) for k, v in row.items()}
       await self._tensorboard.release(scalars, key=round_num)
 
-    asyncio.run(release_all())
+    aio.run_sync(release_all())
 
 
 def _eval_history(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
