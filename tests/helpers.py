@@ -1,5 +1,6 @@
 """Helpers for tests that run binaries and watch processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -52,3 +53,21 @@ def leaked_worker_pids(before: set[int]) -> set[int]:
   """
   return {pid for pid in worker_binary_pids() - before
           if _parent_pid(pid) in (None, 1)}
+
+
+def start_binary(module: str, *args: str,
+                 capture: bool = True) -> subprocess.Popen:
+  """Starts `python -m <module> <args>` from the repository root."""
+  output = subprocess.PIPE if capture else subprocess.DEVNULL
+  return subprocess.Popen(
+      [sys.executable, '-m', module, *args], cwd=REPO_ROOT, stdout=output,
+      stderr=output, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+
+def rounds_completed(summary_path) -> int:
+  """`rounds_completed` of a run's summary.json; 0 if not written yet."""
+  try:
+    with open(summary_path) as f:
+      return json.load(f)['rounds_completed']
+  except (OSError, ValueError, KeyError):
+    return 0

@@ -4,8 +4,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -106,20 +104,12 @@ def test_signal_saves_progress_stops_worker_and_resume_finishes(
           '--client_batch_size=10', '--total_rounds=3',
           '--rounds_per_checkpoint=10', '--progress=false']
   before = helpers.worker_binary_pids()
-  process = subprocess.Popen(
-      [sys.executable, '-m', MODULE, *args], cwd=helpers.REPO_ROOT,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  process = helpers.start_binary(MODULE, *args)
   summary_path = tmp_path / 'results' / 'sig' / 'summary.json'
-
-  def first_round_done():
-    try:
-      return json.loads(summary_path.read_text())['rounds_completed'] >= 1
-    except (OSError, ValueError):
-      return False
-
   try:
-    assert workers.wait_until(first_round_done, timeout=300, interval=0.1)
+    assert workers.wait_until(
+        lambda: helpers.rounds_completed(summary_path) >= 1, timeout=300,
+        interval=0.1)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
   finally:
@@ -166,10 +156,8 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
 
   root = tmp_path / 'killed'
   before = helpers.worker_binary_pids()
-  process = subprocess.Popen(
-      [sys.executable, '-m', MODULE, *args, f'--root_output_dir={root}'],
-      cwd=helpers.REPO_ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  process = helpers.start_binary(MODULE, *args, f'--root_output_dir={root}',
+                                 capture=False)
   checkpoint = root / 'checkpoints' / 'kill' / 'round_3'
   try:
     assert workers.wait_until(checkpoint.exists, timeout=600, interval=0.02)

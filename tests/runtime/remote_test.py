@@ -79,20 +79,12 @@ def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
           '--client_batch_size=10', '--total_rounds=5',
           f'--root_output_dir={root}', f'--workers={addresses}',
           '--worker_connect_timeout=5']
-  run = subprocess.Popen(
-      [sys.executable, '-m', 'experiments.train_mnist', *args],
-      cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  run = helpers.start_binary('experiments.train_mnist', *args)
   summary_path = root / 'results' / 'remote' / 'summary.json'
-
-  def some_round_done():
-    try:
-      return json.loads(summary_path.read_text())['rounds_completed'] >= 1
-    except (OSError, ValueError):
-      return False
-
   try:
-    assert workers.wait_until(some_round_done, timeout=300, interval=0.2)
+    assert workers.wait_until(
+        lambda: helpers.rounds_completed(summary_path) >= 1, timeout=300,
+        interval=0.2)
     two_workers[1].stop(signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
   finally:
