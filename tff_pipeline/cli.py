@@ -25,6 +25,16 @@ from tff_pipeline.runtime import workers
 # without keeping their names; the binaries name runs after the last one.
 FLAGFILES: list[str] = []
 
+# Characters that end a line for str.splitlines() or a terminal. A flag value
+# may hold them; escaped, the error message stays on its one line.
+_LINE_BREAKS = str.maketrans(
+    {c: repr(c)[1:-1] for c in '\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029'})
+
+
+def _one_line(message: object) -> str:
+  """`message` as a string, its line breaks escaped (\\n, \\x85, ...)."""
+  return str(message).translate(_LINE_BREAKS)
+
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
   FLAGFILES[:] = [
@@ -34,7 +44,7 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {_one_line(e)}', file=sys.stderr)
     sys.exit(errors.UsageError.exit_code)
 
 
@@ -55,7 +65,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       reject_positional_arguments(argv)
       main(argv)
     except errors.PipelineError as e:
-      print(f'error: {e}', file=sys.stderr, flush=True)
+      print(f'error: {_one_line(e)}', file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
     except KeyboardInterrupt:
       print('error: interrupted; run the same command again to resume',

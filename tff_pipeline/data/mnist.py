@@ -23,9 +23,10 @@ import gzip
 import hashlib
 import importlib.metadata
 import io
+import math
 import os
 import pickle
-import zipfile
+import zlib
 
 import numpy as np
 
@@ -137,23 +138,35 @@ def load_packaged(path: str | None = None) -> MnistArrays:
     with gzip.open(path, 'rb') as f:
       splits = restricted_loads(f.read())
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
-  except (pickle.UnpicklingError, OSError, EOFError, ValueError,
-          TypeError) as e:
-    raise errors.DataError(f'{path}: not a valid MNIST pickle ({e})') from None
-  arrays = MnistArrays(
-      train_x=np.concatenate([train_x, valid_x]).astype(np.float32),
-      train_y=np.concatenate([train_y, valid_y]).astype(np.int32),
-      test_x=np.asarray(test_x, np.float32),
-      test_y=np.asarray(test_y, np.int32),
-      source=f'{PACKAGED_DISTRIBUTION} ({path})',
-  )
+    arrays = MnistArrays(
+        train_x=np.concatenate([train_x, valid_x]).astype(np.float32),
+        train_y=_labels(np.concatenate([train_y, valid_y]), path),
+        test_x=np.asarray(test_x, np.float32),
+        test_y=_labels(np.asarray(test_y), path),
+        source=f'{PACKAGED_DISTRIBUTION} ({path})',
+    )
+  except errors.DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Only a file with the pinned hash gets here, but should another: a
+    # damaged pickle or unexpected objects fail in many ways (UnpicklingError,
+    # AttributeError, MemoryError, ValueError from NumPy, ...).
+    raise errors.DataError(
+        f'{path}: not a valid MNIST pickle ({" ".join(str(e).split())})'
+    ) from None
   return _validated(arrays, path)
 
 
 def load_npz(path: str) -> MnistArrays:
   """Loads a Keras-format `mnist.npz` (uint8 images, labels 0..9)."""
   try:
-    with np.load(path, allow_pickle=False) as data:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise errors.DataError(
+          f'--mnist_path={path}: a single .npy array, not a .npz file with '
+          'x_train, y_train, x_test, y_test as in Keras mnist.npz'
+      )
+    with loaded as data:
       missing = {'x_train', 'y_train', 'x_test', 'y_test'} - set(data.files)
       if missing:
         raise errors.DataError(
@@ -163,7 +176,11 @@ def load_npz(path: str) -> MnistArrays:
       raw = {k: data[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
   except errors.DataError:
     raise
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged file makes zipfile, zlib and NumPy's header parser raise
+    # almost anything: BadZipFile, zlib.error, NotImplementedError,
+    # RuntimeError (encrypted), SyntaxError, tokenize.TokenError,
+    # MemoryError (a header promising a huge array), ...
     raise errors.DataError(
         f'--mnist_path={path}: not a readable .npz file ({e})'
     ) from None
@@ -187,7 +204,7 @@ def _read_maybe_gzipped(directory: str, name: str) -> tuple[bytes, str]:
             return f.read(), path
         with open(path, 'rb') as f:
           return f.read(), path
-      except (OSError, EOFError) as e:
+      except (OSError, EOFError, zlib.error) as e:
         raise errors.DataError(f'--mnist_path: cannot read {path} ({e})')
   raise errors.DataError(
       f'--mnist_path={directory}: missing IDX file {name} (or {name}.gz)'
@@ -215,7 +232,7 @@ def parse_idx(data: bytes, path: str) -> np.ndarray:
   if len(data) < header:
     raise errors.DataError(f'{path}: truncated IDX header')
   dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
-  expected = int(np.prod(dims))
+  expected = math.prod(dims)  # Python ints: np.prod could overflow.
   if len(data) - header != expected:
     raise errors.DataError(
         f'{path}: IDX header promises {expected} bytes of data for shape '
@@ -247,6 +264,11 @@ def _scale_images(images: np.ndarray, where: str) -> np.ndarray:
     raise errors.DataError(
         f'--mnist_path={where}: images must be uint8, found {images.dtype}'
     )
+  if images.ndim < 2 or not images.shape[0]:
+    raise errors.DataError(
+        f'--mnist_path={where}: images have shape {images.shape}, expected '
+        '(N, 28, 28) or (N, 784)'
+    )
   return images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
 
 
@@ -254,6 +276,11 @@ def _labels(labels: np.ndarray, where: str) -> np.ndarray:
   if not np.issubdtype(labels.dtype, np.integer):
     raise errors.DataError(
         f'--mnist_path={where}: labels must be integers, found {labels.dtype}'
+    )
+  # Check before the cast to int32, which would wrap e.g. 2**32 + 3 to 3.
+  if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raise errors.DataError(
+        f'--mnist_path={where}: labels must be 0..{NUM_CLASSES - 1}'
     )
   return labels.reshape(-1).astype(np.int32)
 

@@ -159,6 +159,9 @@ def shards(
   ]
 
 
+MIN_DIRICHLET_ALPHA = 1e-3
+
+
 @PARTITIONS.register(
     'dirichlet',
     'per-label client proportions ~ Dirichlet(--dirichlet_alpha) '
@@ -171,23 +174,35 @@ def dirichlet(
     params: PartitionParams,
 ) -> list[np.ndarray]:
   alpha = params.dirichlet_alpha
-  if not alpha > 0:
-    raise errors.UsageError(f'--dirichlet_alpha={alpha} must be positive')
+  # NumPy's Dirichlet sampler takes time ~ 1/alpha below 1e-3 (hangs near
+  # 1e-8); such alphas already give one label per client.
+  if not MIN_DIRICHLET_ALPHA <= alpha < float('inf'):
+    raise errors.UsageError(
+        f'--dirichlet_alpha={alpha} must be a finite number >= '
+        f'{MIN_DIRICHLET_ALPHA}'
+    )
+  _check_sizes(len(labels), num_clients, 1)  # Before dividing by it.
   minimum = min(params.min_examples_per_client, len(labels) // num_clients)
   _check_sizes(len(labels), num_clients, max(minimum, 1))
   classes = np.unique(labels)
   max_tries = 1000
   for _ in range(max_tries):
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    # Count the clients' sizes first and split only an accepted draw: with
+    # many clients, splitting every rejected draw took minutes.
+    draws = []
+    sizes = np.zeros(num_clients, np.int64)
     for c in classes:
       members = rng.permutation(np.flatnonzero(labels == c))
       proportions = rng.dirichlet(np.full(num_clients, alpha))
       cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(np.int64)
-      for k, piece in enumerate(np.split(members, cuts)):
-        parts[k].append(piece)
-    result = [np.sort(np.concatenate(p)) for p in parts]
-    if min(len(r) for r in result) >= minimum:
-      return result
+      draws.append((members, cuts))
+      sizes += np.diff(cuts, prepend=0, append=len(members))
+    if sizes.min() >= minimum:
+      parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+      for members, cuts in draws:
+        for k, piece in enumerate(np.split(members, cuts)):
+          parts[k].append(piece)
+      return [np.sort(np.concatenate(p)) for p in parts]
   raise errors.UsageError(
       f'--dirichlet_alpha={alpha} with --num_clients={num_clients} left some '
       f'client with fewer than {minimum} examples in {max_tries} draws; use a '
@@ -223,6 +238,11 @@ def power_law_sizes(
     shares = np.ones(num_clients)
   else:
     shares = rng.pareto(exponent, size=num_clients) + 1.0
+    if not np.all(np.isfinite(shares)):
+      raise errors.UsageError(
+          f'power-law exponent {exponent} is too small: client sizes '
+          'overflow; use a larger one'
+      )
   spare = total - num_clients * minimum
   exact = shares / shares.sum() * spare
   sizes = np.floor(exact).astype(np.int64)
@@ -247,6 +267,7 @@ def quantity_skew(
     raise errors.UsageError(
         f'--quantity_skew_exponent={exponent} must be positive'
     )
+  _check_sizes(len(labels), num_clients, 1)  # Before dividing by it.
   minimum = min(params.min_examples_per_client, len(labels) // num_clients)
   _check_sizes(len(labels), num_clients, max(minimum, 1))
   sizes = power_law_sizes(len(labels), num_clients, exponent, rng,
@@ -267,6 +288,8 @@ def partition_indices(
   The result depends only on (name, labels, num_clients, seed, params).
   """
   builder = PARTITIONS.get(name)
+  if seed < 0:
+    raise errors.UsageError(f'--seed={seed} must be >= 0')
   rng = np.random.default_rng([seed, _PARTITION_STREAM])
   return builder(np.asarray(labels), num_clients, rng, params)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
 
 import numpy as np
 
@@ -32,6 +33,13 @@ from tff_pipeline.data import partition
 
 # Separates this generator's random stream from the others derived from --seed.
 _REGRESSION_STREAM = 0x5245_4752
+
+
+def _finite(value: float) -> bool:
+  try:
+    return math.isfinite(value)
+  except (OverflowError, TypeError):  # 10**400, or not a number.
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +90,20 @@ class RegressionSpec:
     for ok, flag, what in checks:
       if not ok:
         raise errors.UsageError(f'{flag}={getattr(self, flag[2:])} {what}')
+    # NaN fails every check above, but inf passes some, and nothing checked
+    # the bias and weights: non-finite values gave non-finite data.
+    for flag, values in (
+        ('--true_weights', self.true_weights),
+        ('--true_bias', [self.true_bias]),
+        ('--noise_std', [self.noise_std]),
+        ('--feature_shift', [self.feature_shift]),
+        ('--weight_heterogeneity', [self.weight_heterogeneity]),
+        ('--size_exponent', [self.size_exponent])):
+      if not all(_finite(v) for v in values):
+        raise errors.UsageError(
+            f'{flag}={",".join(str(v) for v in values)} must be finite')
+    if self.seed < 0:
+      raise errors.UsageError(f'--seed={self.seed} must be >= 0')
     if self.true_weights and len(self.true_weights) != self.num_features:
       raise errors.UsageError(
           f'--true_weights has {len(self.true_weights)} values but '
@@ -159,14 +181,15 @@ def make_regression_shards(spec: RegressionSpec) -> RegressionShards:
   base = spec.weights()
   xs, ys, ids, client_weights = [], [], [], []
   for k, n in enumerate(sizes):
-    mean = rng.normal(0.0, spec.feature_shift, size=d)
-    w_k = base + rng.normal(0.0, spec.weight_heterogeneity, size=d)
+    # abs(): validated >= 0, but NumPy refuses a scale of -0.0.
+    mean = rng.normal(0.0, abs(spec.feature_shift), size=d)
+    w_k = base + rng.normal(0.0, abs(spec.weight_heterogeneity), size=d)
     if spec.num_features == 1 and spec.feature_shift == 0:
       # Teaching case: x uniform on [-1, 1], easy to plot and to reason about.
       x = rng.uniform(-1.0, 1.0, size=(n, d))
     else:
       x = mean + rng.normal(0.0, 1.0, size=(n, d))
-    y = x @ w_k + spec.true_bias + rng.normal(0.0, spec.noise_std, size=n)
+    y = x @ w_k + spec.true_bias + rng.normal(0.0, abs(spec.noise_std), size=n)
     xs.append(x)
     ys.append(y)
     ids.append(np.full(n, k))
