@@ -1203,7 +1203,7 @@ def _run_fuzzed_binary(args: list[str], reuse_earlier_run: bool,
     shutil.rmtree(base, ignore_errors=True)
 
 
-@_settings(6)
+@_settings(4)
 @given(args=_flag_args(min_bad=1), reuse_earlier_run=st.booleans())
 # Refused late, after the output directories exist: changed flags on resume
 # (CheckpointError) and a corrupt --mnist_path (DataError).
