@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -609,7 +610,7 @@ class PerfProfile:
         self.error = ('perf report gave nothing: '
                       + report.stderr.strip()[:200])
     finally:
-      subprocess.run(['rm', '-rf', self._dir], check=False)
+      shutil.rmtree(self._dir, ignore_errors=True)
 
   def _summarize(self, text: str) -> dict[str, Any]:
     by_dso: dict[str, float] = {}
