@@ -458,6 +458,27 @@ class FederatedRounds:
     if worker_pid is not None:
       self._pids['worker'] = worker_pid
 
+  @classmethod
+  def start(cls, task: Any, config: Any, runtime: Any, memory: 'MemorySampler',
+            setup: dict[str, float]) -> 'FederatedRounds':
+    """Builds the process for `runtime`'s local worker and initializes it.
+
+    Watches the worker's memory and records 'build_process' and
+    'initialize' seconds in `setup`.
+    """
+    from tff_pipeline.training import loop  # pylint: disable=g-import-not-at-top
+
+    worker_pid = runtime.local_worker.pid
+    memory.watch('worker', worker_pid)
+    start = time.perf_counter()
+    algorithm = loop.build_algorithm(task, config)
+    setup['build_process'] = time.perf_counter() - start
+    rounds = cls(task, config, algorithm, worker_pid)
+    start = time.perf_counter()
+    rounds.initialize()
+    setup['initialize'] = time.perf_counter() - start
+    return rounds
+
   def initialize(self) -> None:
     self.state = self.algorithm.process.initialize()
 

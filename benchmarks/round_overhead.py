@@ -61,7 +61,6 @@ from benchmarks import common
 from tff_pipeline import models
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
-from tff_pipeline.training import loop
 
 _IMPORTS_DONE = time.perf_counter()
 
@@ -219,14 +218,8 @@ def _federated(task: tasks.Task) -> dict[str, Any]:
     setup['worker_start'] = time.perf_counter() - start
     with runtime:
       worker_pid = runtime.local_worker.pid
-      memory.watch('worker', worker_pid)
-      start = time.perf_counter()
-      algorithm = loop.build_algorithm(task, config)
-      setup['build_process'] = time.perf_counter() - start
-      rounds = common.FederatedRounds(task, config, algorithm, worker_pid)
-      start = time.perf_counter()
-      rounds.initialize()
-      setup['initialize'] = time.perf_counter() - start
+      rounds = common.FederatedRounds.start(task, config, runtime, memory,
+                                            setup)
       first = rounds.run_round(1)
       first_round_end = time.perf_counter()
       _progress(first, warmup=True)

@@ -85,7 +85,6 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
   start = time.perf_counter()
   from tff_pipeline import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
   from tff_pipeline import tasks  # pylint: disable=g-import-not-at-top
-  from tff_pipeline.training import loop  # pylint: disable=g-import-not-at-top
   imports = time.perf_counter() - start
 
   start = time.perf_counter()
@@ -109,14 +108,8 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
         max_concurrent_computation_calls=_MAX_CONCURRENT.value) as runtime:
       setup['worker_start'] = time.perf_counter() - start
       worker_pid = runtime.local_worker.pid
-      memory.watch('worker', worker_pid)
-      start = time.perf_counter()
-      algorithm = loop.build_algorithm(task, config)
-      setup['build_process'] = time.perf_counter() - start
-      rounds = common.FederatedRounds(task, config, algorithm, worker_pid)
-      start = time.perf_counter()
-      rounds.initialize()
-      setup['initialize'] = time.perf_counter() - start
+      rounds = common.FederatedRounds.start(task, config, runtime, memory,
+                                            setup)
       first = rounds.run_round(1)
       timed = [rounds.run_round(n) for n in range(2, _ROUNDS.value + 2)]
       memory.sample()

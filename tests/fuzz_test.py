@@ -211,17 +211,22 @@ def test_npz_with_a_damaged_byte_is_a_data_error_or_still_valid(offset, mask):
   if isinstance(offset, float):
     offset = int(offset * (len(content) - 1))
   content[offset] ^= mask
+  event(_assert_damaged_npz_fails_cleanly_or_loads(bytes(content)))
+
+
+def _assert_damaged_npz_fails_cleanly_or_loads(content: bytes) -> str:
+  """Loads `content` as mnist.npz: a one-line DataError naming the file, or
+  (the damage hit something nothing checks, e.g. a timestamp) a valid split."""
   with _fresh_dir() as directory:
     path = directory / 'mnist.npz'
-    path.write_bytes(bytes(content))
+    path.write_bytes(content)
     try:
       arrays = mnist.load_mnist(str(path))
     except errors.DataError as e:
-      event('data error')
       assert str(path) in str(e) and '\n' not in str(e)
-    else:  # The byte was one that nothing checks, e.g. a timestamp.
-      event('still valid')
-      _assert_valid_split(arrays)
+      return 'data error'
+    _assert_valid_split(arrays)
+    return 'still valid'
 
 
 # (signature, offset of the field in the header, bits to flip): the flag bits
@@ -243,15 +248,7 @@ def test_npz_with_damaged_zip_headers_is_a_data_error_or_still_valid(
   while start >= 0:
     content[start + field] ^= mask
     start = content.find(signature, start + 1)
-  with _fresh_dir() as directory:
-    path = directory / 'mnist.npz'
-    path.write_bytes(bytes(content))
-    try:
-      arrays = mnist.load_mnist(str(path))
-    except errors.DataError as e:
-      assert str(path) in str(e) and '\n' not in str(e)
-    else:
-      _assert_valid_split(arrays)
+  _assert_damaged_npz_fails_cleanly_or_loads(bytes(content))
 
 
 class _EvilReduce:
@@ -910,15 +907,19 @@ _GOOD_CONFIG = config_lib.TrainingConfig(experiment_name='x',
                                          root_output_dir='/tmp/x')
 
 
+def _nearly(draw, default, random_configs, max_changed: int):
+  """`default` with 1..max_changed fields taken from a random config."""
+  full = draw(random_configs)
+  names = draw(st.lists(st.sampled_from(
+      [f.name for f in dataclasses.fields(default)]),
+      min_size=1, max_size=max_changed, unique=True))
+  return dataclasses.replace(default, **{n: getattr(full, n) for n in names})
+
+
 @st.composite
 def _nearly_valid_configs(draw):
   """The defaults with one to three fields replaced by random values."""
-  full = draw(_training_configs())
-  names = draw(st.lists(st.sampled_from(
-      [f.name for f in dataclasses.fields(config_lib.TrainingConfig)]),
-      min_size=1, max_size=3, unique=True))
-  return dataclasses.replace(_GOOD_CONFIG,
-                             **{n: getattr(full, n) for n in names})
+  return _nearly(draw, _GOOD_CONFIG, _training_configs(), 3)
 
 
 def _assert_config_facts(c: config_lib.TrainingConfig, num_clients) -> None:
@@ -976,12 +977,8 @@ def test_training_config_is_valid_or_a_usage_error_naming_a_flag(
 @st.composite
 def _nearly_default_aggregation_configs(draw):
   """The defaults with one or two fields replaced by random values."""
-  full = draw(_aggregation_configs())
-  names = draw(st.lists(st.sampled_from(
-      [f.name for f in dataclasses.fields(config_lib.AggregationConfig)]),
-      min_size=1, max_size=2, unique=True))
-  return dataclasses.replace(config_lib.AggregationConfig(),
-                             **{n: getattr(full, n) for n in names})
+  return _nearly(draw, config_lib.AggregationConfig(), _aggregation_configs(),
+                 2)
 
 
 @_settings(200)
