@@ -46,13 +46,14 @@ lesson and a `lessons.md` table.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import io
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from matplotlib import figure as figure_lib
 from matplotlib import ticker
@@ -203,27 +204,27 @@ def weighted_client_optimum(
 # ---------------------------------------------------------------------------
 
 
-class LessonResult(Protocol):
-  """What every lesson returns."""
+class LessonResult(abc.ABC):
+  """What every lesson returns (each lesson's result is a frozen dataclass)."""
 
   name: ClassVar[str]
   title: ClassVar[str]
 
+  @abc.abstractmethod
   def checks(self) -> dict[str, bool]:
     """The closed-form conditions, each described in words."""
 
   def check(self) -> bool:
     """Whether every closed-form condition holds."""
+    return all(self.checks().values())
 
+  @abc.abstractmethod
   def numbers(self) -> str:
     """The lesson's key numbers, one line of Markdown."""
 
+  @abc.abstractmethod
   def figure(self) -> figure_lib.Figure:
     """A matplotlib figure of the lesson."""
-
-
-def _all(checks: Mapping[str, bool]) -> bool:
-  return all(checks.values())
 
 
 @contextlib.contextmanager
@@ -301,7 +302,7 @@ def _positive(values: Sequence[float], floor: float = 1e-12) -> list[float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FedSgdResult:
+class FedSgdResult(LessonResult):
   """FedSGD against NumPy gradient descent on the pooled data.
 
   Attributes:
@@ -355,9 +356,6 @@ class FedSgdResult:
         f'{self.tolerance:g})':
             self.max_distance_difference <= self.tolerance,
     }
-
-  def check(self) -> bool:
-    return _all(self.checks())
 
   def numbers(self) -> str:
     return (f'{len(self.rounds)} rounds, {self.num_clients} clients of sizes '
@@ -468,7 +466,7 @@ def fedsgd_equals_gd(root_dir: str, *, small: bool = False, seed: int = 0,
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalStepsResult:
+class LocalStepsResult(LessonResult):
   """FedAvg's distance to the pooled optimum against local steps.
 
   Attributes:
@@ -520,9 +518,6 @@ class LocalStepsResult:
         f'(to {self.reference_tolerance:g})':
             self.max_reference_difference <= self.reference_tolerance,
     }
-
-  def check(self) -> bool:
-    return _all(self.checks())
 
   def numbers(self) -> str:
     pairs = ', '.join(f'tau={t}: {d:.3g}' for t, d in
@@ -650,7 +645,7 @@ HETEROGENEOUS_COMPUTE_SETTINGS: Mapping[str, Any] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ComputeHeterogeneityResult:
+class ComputeHeterogeneityResult(LessonResult):
   """FedAvg against the compensated aggregator under fixed capacities.
 
   Attributes:
@@ -705,9 +700,6 @@ class ComputeHeterogeneityResult:
         f'{self.reference_tolerance:g})':
             self.max_reference_difference <= self.reference_tolerance,
     }
-
-  def check(self) -> bool:
-    return _all(self.checks())
 
   def numbers(self) -> str:
     return (f'tau_i = {list(self.local_steps)}; after {len(self.rounds)} '
@@ -834,7 +826,7 @@ def compute_heterogeneity(root_dir: str, *, small: bool = False,
 
 
 @dataclasses.dataclass(frozen=True)
-class DpNoiseResult:
+class DpNoiseResult(LessonResult):
   """Accuracy and epsilon of DP-FedAvg against the noise multiplier.
 
   Attributes:
@@ -888,9 +880,6 @@ class DpNoiseResult:
             all(d >= base for s, d in zip(self.noise_multipliers,
                                           self.tail_distance) if s > 0),
     }
-
-  def check(self) -> bool:
-    return _all(self.checks())
 
   def numbers(self) -> str:
     parts = ', '.join(
