@@ -17,6 +17,7 @@ flattened to 784 float32 values in [0, 1], with int32 labels in 0..9.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -27,6 +28,7 @@ import math
 import os
 import pickle
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -134,7 +136,10 @@ def load_packaged(path: str | None = None) -> MnistArrays:
     raise errors.DataError(
         f'{path}: SHA-256 {actual} does not match the pinned {PACKAGED_SHA256}'
     )
-  try:
+  # Only a file with the pinned hash gets here, but should another: a damaged
+  # pickle or unexpected objects fail in many ways (UnpicklingError,
+  # AttributeError, MemoryError, ValueError from NumPy, ...).
+  with _any_error_as_data_error(f'{path}: not a valid MNIST pickle'):
     with gzip.open(path, 'rb') as f:
       splits = restricted_loads(f.read())
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
@@ -145,21 +150,32 @@ def load_packaged(path: str | None = None) -> MnistArrays:
         test_y=_labels(np.asarray(test_y), path),
         source=f'{PACKAGED_DISTRIBUTION} ({path})',
     )
+  return _validated(arrays, path)
+
+
+@contextlib.contextmanager
+def _any_error_as_data_error(what: str) -> Iterator[None]:
+  """Re-raises any exception but a DataError as `DataError(what (cause))`.
+
+  Damaged files make the parsers underneath raise almost anything; the user
+  gets one line naming the file instead of a traceback.
+  """
+  try:
+    yield
   except errors.DataError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    # Only a file with the pinned hash gets here, but should another: a
-    # damaged pickle or unexpected objects fail in many ways (UnpicklingError,
-    # AttributeError, MemoryError, ValueError from NumPy, ...).
-    raise errors.DataError(
-        f'{path}: not a valid MNIST pickle ({" ".join(str(e).split())})'
-    ) from None
-  return _validated(arrays, path)
+    raise errors.DataError(f'{what} ({" ".join(str(e).split())})') from None
 
 
 def load_npz(path: str) -> MnistArrays:
   """Loads a Keras-format `mnist.npz` (uint8 images, labels 0..9)."""
-  try:
+  # A damaged file makes zipfile, zlib and NumPy's header parser raise almost
+  # anything: BadZipFile, zlib.error, NotImplementedError, RuntimeError
+  # (encrypted), SyntaxError, tokenize.TokenError, MemoryError (a header
+  # promising a huge array), ...
+  with _any_error_as_data_error(
+      f'--mnist_path={path}: not a readable .npz file'):
     loaded = np.load(path, allow_pickle=False)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
       raise errors.DataError(
@@ -174,16 +190,6 @@ def load_npz(path: str) -> MnistArrays:
             'expected x_train, y_train, x_test, y_test as in Keras mnist.npz'
         )
       raw = {k: data[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
-  except errors.DataError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    # A damaged file makes zipfile, zlib and NumPy's header parser raise
-    # almost anything: BadZipFile, zlib.error, NotImplementedError,
-    # RuntimeError (encrypted), SyntaxError, tokenize.TokenError,
-    # MemoryError (a header promising a huge array), ...
-    raise errors.DataError(
-        f'--mnist_path={path}: not a readable .npz file ({e})'
-    ) from None
   arrays = MnistArrays(
       train_x=_scale_images(raw['x_train'], path),
       train_y=_labels(raw['y_train'], path),
