@@ -432,9 +432,9 @@ class RoundRecord:
 class FederatedRounds:
   """Runs rounds of a task's learning process as `loop._train` does.
 
-  Each round samples `clients_per_round` clients with
-  `tff.simulation.build_uniform_sampling_fn` (seed, round), builds their
-  data with `loop.client_inputs` and calls `algorithm.process.next`.
+  Each round samples `clients_per_round` clients with the loop's
+  `client_sampler` (seed, round), builds their data with
+  `loop.client_inputs` and calls `algorithm.process.next`.
 
   Args:
     task: The task.
@@ -445,15 +445,13 @@ class FederatedRounds:
 
   def __init__(self, task: Any, config: Any, algorithm: Any,
                worker_pid: int | None):
-    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    from tff_pipeline.training import loop  # pylint: disable=g-import-not-at-top
 
     self.task = task
     self.config = config
     self.algorithm = algorithm
     self.state: Any = None
-    self._sample = tff.simulation.build_uniform_sampling_fn(
-        task.train_data.client_ids, replace=False,
-        random_seed=config.seed)
+    self._sample = loop.client_sampler(task, config)
     self._pids = {'python': os.getpid()}
     if worker_pid is not None:
       self._pids['worker'] = worker_pid

@@ -88,6 +88,14 @@ def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
   ).generate_state(1)[0])
 
 
+def client_sampler(task: tasks_lib.Task, config: config_lib.TrainingConfig
+                   ) -> Callable[[int, int], Sequence[str]]:
+  """`sample(round_num, size)`: the round's clients, uniform without
+  replacement, a pure function of (`config.seed`, round)."""
+  return tff.simulation.build_uniform_sampling_fn(
+      task.train_data.client_ids, replace=False, random_seed=config.seed)
+
+
 def build_algorithm(
     task: tasks_lib.Task, config: config_lib.TrainingConfig
 ) -> algorithms.Algorithm:
@@ -291,16 +299,14 @@ def _train(
   recorder = _Recorder(paths, start_round)
   setup_seconds = time.perf_counter() - setup_start
 
-  client_ids = task.train_data.client_ids
-  sample = tff.simulation.build_uniform_sampling_fn(
-      client_ids, replace=False, random_seed=config.seed
-  )
+  sample = client_sampler(task, config)
   weights = list(state.global_model_weights.trainable)
   per_client = communication.payload(
       [w.size for w in weights],
       [np.size(w) for w in state.global_model_weights.non_trainable],
       config, aggregators.COMPRESSION_THRESHOLD)
-  privacy_facts, epsilons = _privacy_accounting(config, len(client_ids))
+  privacy_facts, epsilons = _privacy_accounting(
+      config, len(task.train_data.client_ids))
   run_facts = {
       'experiment_name': config.experiment_name,
       'task': task.name,
