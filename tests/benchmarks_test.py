@@ -113,6 +113,21 @@ def test_scaling_runs_every_setting(tmp_path):
       'benchmarks.scaling', '--rounds=1', '--clients_per_round_sweep=2,4',
       '--clients_per_round_sweep_num_clients=20', '--num_clients_sweep=20,40',
       '--num_clients_sweep_clients_per_round=2', tmp_path=tmp_path)
-  text = json.dumps(result)
-  for key in ('round_seconds_median', 'worker_peak_rss_bytes'):
-    assert key in text
+  settings = {(s['clients_per_round'], s['num_clients']): s
+              for s in result['settings']}
+  # IID MNIST: 60000 images over N clients, batch 10, 1 epoch.
+  assert sorted(settings) == [(2, 20), (2, 40), (4, 20)]
+  for (per_round, clients), s in settings.items():
+    per_client = 60000 // clients
+    assert s['client_size_min'] == s['client_size_max'] == per_client
+    assert s['examples_per_round_median'] == per_round * per_client
+    assert s['steps_per_round_median'] == per_round * per_client // 10
+    assert not s['leaked_workers']
+    assert s['round_seconds_min'] <= s['round_seconds_median'] <= (
+        s['round_seconds_max'])
+  # The printed line is the least-squares fit of the two-point sweep.
+  fit = result['clients_per_round_fit']
+  t2, t4 = (settings[(2, 20)]['round_seconds_median'],
+            settings[(4, 20)]['round_seconds_median'])
+  assert fit['seconds_per_client'] == pytest.approx((t4 - t2) / 2)
+  assert fit['intercept_seconds'] == pytest.approx(t2 - 2 * (t4 - t2) / 2)
