@@ -12,6 +12,7 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline import models
 from tff_pipeline import tasks
+from tff_pipeline.algorithms import compensation_client_work
 from tff_pipeline.data import regression
 from tff_pipeline.training import loop
 
@@ -168,3 +169,44 @@ def test_tff_0_87_fed_prox_has_the_sign_of_its_proximal_term_flipped(
   assert not np.allclose(
       got, _proximal_gd(shards.x, shards.y, 0.05, 2.0, 4, sign=+1),
       atol=1e-3)
+
+
+def test_iterator_loop_folds_like_dataset_reduce():
+  dataset = tf.data.Dataset.range(1, 8).batch(3)
+
+  def step(state, batch):
+    total, count = state
+    return total * 2 + tf.reduce_sum(batch), count + 1
+
+  initial = (tf.constant(0, tf.int64), tf.constant(0))
+  expected = dataset.reduce(initial, step)
+  got = tf.function(
+      lambda: compensation_client_work.iterate(dataset, initial, step))()
+  assert [int(v) for v in got] == [int(v) for v in expected]
+  empty = tf.function(lambda: compensation_client_work.iterate(
+      dataset.take(0), initial, step))()
+  assert [int(v) for v in empty] == [0, 0]
+
+
+@pytest.mark.parametrize('algorithm', ['fedavg', 'fedprox', 'fedsgd'])
+def test_client_training_is_an_iterator_loop_not_a_dataset_reduce(
+    task, tmp_path, algorithm):
+  """TFF's worker runs Grappler-free graphs; `Dataset.reduce` bodies are
+  never pruned there (see tff_pipeline.algorithms), so no client loop may be
+  one."""
+  config = _config(tmp_path, algorithm, algorithm=algorithm)
+  process = loop.build_algorithm(task, config).process
+  ops = collections.Counter()
+
+  def count(block):
+    if isinstance(block, tff.framework.CompiledComputation):
+      graph = tf.compat.v1.GraphDef()
+      block.proto.tensorflow.graph_def.Unpack(graph)
+      ops.update(node.op for node in graph.node)
+      for function in graph.library.function:
+        ops.update(node.op for node in function.node_def)
+    return block, False
+
+  tff.framework.transform_postorder(process.next.to_building_block(), count)
+  assert ops['While'] >= 1
+  assert ops['ReduceDataset'] == 0
