@@ -74,7 +74,8 @@ _MAX_CONCURRENT = flags.DEFINE_integer(
 _WORKER_ENV = flags.DEFINE_list(
     'worker_env', [],
     'KEY=VALUE environment variables for the TFF worker only, e.g. '
-    'TF_NUM_INTRAOP_THREADS=1 (experiments; the default is none).')
+    'TF_NUM_INTRAOP_THREADS=2 (experiments; the default is none, and the '
+    'worker then gets the pipeline\'s thread settings).')
 _PROFILE_WORKER = flags.DEFINE_bool(
     'profile_worker', False,
     'Sample the TFF worker with Linux `perf record` during the timed rounds '
@@ -240,7 +241,8 @@ def _federated(task: tasks.Task) -> dict[str, Any]:
                  'client_learning_rate': _CLIENT_LR,
                  'server_learning_rate': _SERVER_LR,
                  'max_concurrent_computation_calls': _MAX_CONCURRENT.value,
-                 'worker_env': env},
+                 'worker_env': env,
+                 'worker_threads': runtime.local_worker.threads},
       'setup_seconds': setup,
       'first_round': {'seconds': first.seconds,
                       'inputs_seconds': first.inputs_seconds,
@@ -390,7 +392,9 @@ def _print(r: dict[str, Any], cores: int) -> None:
                    f"lr {w['client_learning_rate']}/"
                    f"{w['server_learning_rate']}"),
       ('worker settings', f"max_concurrent_computation_calls="
-                          f"{w['max_concurrent_computation_calls']}"
+                          f"{w['max_concurrent_computation_calls']}, "
+                          + ', '.join(f'{k}={v}' for k, v in
+                                      w['worker_threads'].items())
                           + (f", env {w['worker_env']}"
                              if w['worker_env'] else '')),
   ])

@@ -34,6 +34,14 @@ flags.DEFINE_string('bind_address', '127.0.0.1',
                     'trust.')
 flags.DEFINE_integer('max_concurrent_computation_calls', -1,
                      'Limit on concurrent client computations; -1 is none.')
+flags.DEFINE_integer(
+    'intra_op_threads', None,
+    'TensorFlow intra-op threads per op in the worker (default: '
+    '$TF_NUM_INTRAOP_THREADS, else 1).', lower_bound=1)
+flags.DEFINE_integer(
+    'inter_op_threads', None,
+    'TensorFlow inter-op threads, i.e. ops (and clients) run at once '
+    '(default: $TF_NUM_INTEROP_THREADS, else 4 per core).', lower_bound=1)
 flags.DEFINE_string('log_file', '',
                     'File for the worker\'s own output; empty discards it.')
 
@@ -49,7 +57,10 @@ def main(argv):
           file=sys.stderr)
 
   def announce(worker):
-    print(f'TFF worker (pid {worker.pid}) serving on {bind}:{FLAGS.port}; '
+    threads = worker.threads
+    print(f'TFF worker (pid {worker.pid}) serving on {bind}:{FLAGS.port} '
+          f'({threads[runtime.INTRA_OP_THREADS_ENV]} intra-op, '
+          f'{threads[runtime.INTER_OP_THREADS_ENV]} inter-op threads); '
           'Ctrl-C to stop', flush=True)
 
   try:
@@ -58,6 +69,8 @@ def main(argv):
           FLAGS.port, bind_address=bind, log_path=FLAGS.log_file or None,
           max_concurrent_computation_calls=(
               FLAGS.max_concurrent_computation_calls),
+          intra_op_threads=FLAGS.intra_op_threads,
+          inter_op_threads=FLAGS.inter_op_threads,
           on_ready=announce)
   except errors.Interrupted as e:
     print(f'TFF worker on port {FLAGS.port} stopped ({e})', flush=True)

@@ -21,10 +21,20 @@ def _sum(values):
   return tff.federated_sum(values)
 
 
+def _environ_of(pid: int) -> dict[str, str]:
+  with open(f'/proc/{pid}/environ', 'rb') as f:
+    items = f.read().split(b'\0')
+  return dict(item.decode().split('=', 1) for item in items if b'=' in item)
+
+
 def test_runtime_runs_computations_and_stops_its_worker():
   with runtime_lib.Runtime() as runtime:
     pid = runtime.local_worker.pid
     assert pid in helpers.worker_binary_pids()
+    if sys.platform.startswith('linux'):
+      environ = _environ_of(pid)
+      for name, value in runtime.local_worker.threads.items():
+        assert environ[name] == value
     assert _sum([1.0, 2.0, 3.5]) == pytest.approx(6.5)
   assert pid not in helpers.worker_binary_pids()
   assert pid not in runtime_lib.live_worker_pids()
@@ -79,3 +89,27 @@ def test_bad_worker_addresses(spec, message):
 def test_worker_addresses_parse():
   assert runtime_lib.parse_worker_addresses(' h1:80, 10.0.0.2:8000 ') == [
       'h1:80', '10.0.0.2:8000']
+
+
+def test_worker_thread_defaults_env_and_arguments(monkeypatch):
+  cores = os.cpu_count() or 1
+  intra, inter = workers.INTRA_OP_THREADS_ENV, workers.INTER_OP_THREADS_ENV
+  assert workers.thread_env(environ={}) == {intra: '1',
+                                            inter: str(4 * cores)}
+  assert workers.thread_env(environ={intra: '3', inter: ' 5 '}) == {
+      intra: '3', inter: '5'}
+  assert workers.thread_env(2, 7, environ={intra: '3', inter: '5'}) == {
+      intra: '2', inter: '7'}
+  monkeypatch.setenv(intra, '2')
+  assert workers.WorkerProcess(port=1).threads[intra] == '2'
+
+
+@pytest.mark.parametrize('intra, inter, environ', [
+    (0, None, {}),
+    (None, -2, {}),
+    (None, None, {workers.INTRA_OP_THREADS_ENV: 'many'}),
+    (None, None, {workers.INTER_OP_THREADS_ENV: '0'}),
+])
+def test_bad_worker_thread_counts_are_usage_errors(intra, inter, environ):
+  with pytest.raises(errors.UsageError, match='positive integer'):
+    workers.thread_env(intra, inter, environ=environ)

@@ -231,6 +231,8 @@ def serve_worker(
     max_concurrent_computation_calls: int = -1,
     log_path: str | None = None,
     on_ready=None,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
 ) -> int:
   """Runs a TFF worker in the foreground until it exits or we are stopped.
 
@@ -245,13 +247,16 @@ def serve_worker(
     max_concurrent_computation_calls: Passed to the worker; -1 is no limit.
     log_path: File for the worker's output; /dev/null when None.
     on_ready: Called with the `WorkerProcess` once it accepts connections.
+    intra_op_threads: TensorFlow intra-op threads (see `WorkerProcess`).
+    inter_op_threads: TensorFlow inter-op threads (see `WorkerProcess`).
 
   Returns:
     The worker's exit code, if it exits by itself.
   """
   worker = workers_lib.WorkerProcess(
       port, bind_address=bind_address, log_path=log_path,
-      max_concurrent_computation_calls=max_concurrent_computation_calls)
+      max_concurrent_computation_calls=max_concurrent_computation_calls,
+      intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
   with worker:
     connection = _WorkerConnection(worker.address, worker, connect_timeout=60)
     try:
