@@ -8,6 +8,7 @@ import pytest
 from tff_pipeline import errors
 from tff_pipeline import models
 from tff_pipeline import tasks
+from tff_pipeline.data import regression
 
 
 def test_per_client_accuracy_stats_by_hand():
@@ -57,3 +58,20 @@ def test_model_and_data_mismatch_is_refused(mnist_arrays):
   task = tasks.build_mnist_task(spec, mnist_arrays)
   with pytest.raises(errors.UsageError, match='expects inputs of shape'):
     dataclasses.replace(task, model_builder=lambda: models.build_linear(0, 3))
+
+
+def test_client_epoch_is_shuffled_batched_and_untuned():
+  shards = regression.make_regression_shards(regression.RegressionSpec(
+      num_clients=2, examples_per_client=7, num_features=1, size_exponent=0.0,
+      seed=0))
+  task = tasks.build_regression_task(shards)
+  client = task.train_data.client_ids[0]
+  epoch = task.client_epoch(client, batch_size=3, shuffle_seed=5)
+  batches = [b['x'].numpy() for b in epoch]
+  size = task.train_data.num_examples(client)
+  assert [len(b) for b in batches] == [3] * (size // 3) + (
+      [size % 3] if size % 3 else [])
+  assert sorted(np.concatenate(batches).ravel()) == sorted(
+      task.train_data.client_arrays(client)['x'].ravel())
+  # tf.data autotuning would only add work in the TFF worker.
+  assert epoch.options().autotune.enabled is False

@@ -33,6 +33,23 @@ from tff_pipeline.data import regression as regression_lib
 Weights = list[np.ndarray]
 
 
+def _client_dataset_options() -> tf.data.Options:
+  """tf.data options of every client's training data.
+
+  Autotuning is off: a client's pipeline (slice, shuffle, batch) has nothing
+  to tune, and each of the round's iterators would otherwise start tf.data's
+  autotuning machinery in the TFF worker. Measured on the paper CNN (10
+  clients of 600 images a round), it made rounds about 12% faster
+  (benchmarks/README.md). Values are unaffected.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return options
+
+
+_CLIENT_DATASET_OPTIONS = _client_dataset_options()
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """What to train, on which clients, and how to judge the global model.
@@ -109,7 +126,8 @@ class Task:
     dataset = self.train_data.create_tf_dataset_for_client(client_id)
     dataset = dataset.shuffle(max(size, 1), seed=shuffle_seed,
                               reshuffle_each_iteration=True)
-    return dataset.batch(max(size, 1) if batch_size == -1 else batch_size)
+    dataset = dataset.batch(max(size, 1) if batch_size == -1 else batch_size)
+    return dataset.with_options(_CLIENT_DATASET_OPTIONS)
 
   def steps_per_epoch(self, client_id: str, batch_size: int) -> int:
     """Number of batches in one epoch of the client's data."""
