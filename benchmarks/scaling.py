@@ -108,6 +108,7 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
         max_concurrent_computation_calls=_MAX_CONCURRENT.value) as runtime:
       setup['worker_start'] = time.perf_counter() - start
       worker_pid = runtime.local_worker.pid
+      worker_threads = runtime.local_worker.threads
       rounds = common.FederatedRounds.start(task, config, runtime, memory,
                                             setup)
       first = rounds.run_round(1)
@@ -119,6 +120,7 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
       'model': _MODEL.value,
       'clients_per_round': clients_per_round,
       'num_clients': num_clients,
+      'worker_threads': worker_threads,
       'client_size_min': int(sizes.min()),
       'client_size_max': int(sizes.max()),
       'imports_seconds': imports,
@@ -237,6 +239,9 @@ def drive() -> dict[str, Any]:
       ('model, E, B', f'{_MODEL.value}, 1, 10'),
       ('worker max_concurrent_computation_calls',
        str(_MAX_CONCURRENT.value)),
+      ('worker thread pools', ', '.join(sorted({
+          ', '.join(f'{k}={v}' for k, v in r['worker_threads'].items())
+          for r in results.values()}))),
       ('timed rounds per setting', f'{_ROUNDS.value} (after 1 warm-up)'),
   ])
   print('\ncolumns: round/inputs/next s = medians; ms/client = round / '
