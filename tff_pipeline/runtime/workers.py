@@ -27,13 +27,14 @@ for one big model: the worker runs each round's clients at once, and at
 small batches each client is a chain of small ops. One intra-op thread per
 op and several inter-op threads per core (`thread_env`) keep every core
 busy with whole clients instead of splitting each small op across cores; on
-the paper CNN this made rounds 1.4-1.6x faster than TensorFlow's defaults
+the paper CNN this made rounds about 1.5x faster than TensorFlow's defaults
 (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import atexit
+from collections.abc import Mapping
 import ctypes
 import ctypes.util
 import ipaddress
@@ -76,7 +77,7 @@ INTER_OP_THREADS_PER_CORE = 4
 
 def thread_env(intra_op_threads: int | None = None,
                inter_op_threads: int | None = None,
-               environ: dict[str, str] | None = None) -> dict[str, str]:
+               environ: Mapping[str, str] | None = None) -> dict[str, str]:
   """TensorFlow thread-pool settings for a worker process.
 
   Explicit arguments win; then `TF_NUM_INTRAOP_THREADS` and
