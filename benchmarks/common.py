@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import resource
@@ -22,11 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import psutil
+
+from tff_pipeline.training import outputs
 
 MIB = 1024 * 1024
 
@@ -327,38 +327,14 @@ def print_grid(title: str, header: Sequence[str],
   file.flush()
 
 
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
 def write_json(path: str, data: Mapping[str, Any]) -> None:
-  """Writes `data` as JSON atomically (temporary file, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                             suffix='.json')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      json.dump(_jsonable(data), f, indent=2, sort_keys=True)
-      f.write('\n')
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
+  """Writes `data` as JSON atomically, creating its directory.
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-  """Runs `fn()`; returns (its result, wall seconds)."""
-  start = time.perf_counter()
-  result = fn()
-  return result, time.perf_counter() - start
+  The pipeline's own writer (`outputs.atomic_write_json`): NumPy values
+  become Python ones and non-finite floats become null.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  outputs.atomic_write_json(path, data)
 
 
 # --- The federated round, exactly as the training loop runs it. -------------
