@@ -33,7 +33,8 @@ from the inside out:
      (`zeroing_factory` with TFF's adaptive 98th-percentile estimate).
 
 The median and trimmed mean need the individual updates, so they cannot be
-combined with DP, secure aggregation or compression.
+combined with DP, secure aggregation or compression; that rule, like every
+rule about which settings combine, is in `config.check_combinations`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from collections.abc import Callable
 import tensorflow_federated as tff
 
 from tff_pipeline import config as config_lib
-from tff_pipeline import errors
 from tff_pipeline import registry
 from tff_pipeline.aggregators import compensation
 from tff_pipeline.aggregators import precise_sum
@@ -153,25 +153,12 @@ def _compensated(
   )
 
 
-def _robust(config: config_lib.TrainingConfig,
-            core: tff.aggregators.WeightedAggregationFactory
-            ) -> tff.aggregators.WeightedAggregationFactory:
-  agg = config.aggregation
-  for flag, on in (('--dp_noise_multiplier', agg.dp),
-                   ('--secure_aggregation', agg.secure_aggregation),
-                   ('--compression', agg.compression)):
-    if on:
-      raise errors.UsageError(
-          f'--aggregator={config.aggregator} needs the individual updates and '
-          f'cannot be combined with {flag}')
-  return _wrapped(config, core)
-
-
 @AGGREGATORS.register('median', 'coordinate-wise median (Yin et al. 2018)')
 def _median(
     config: config_lib.TrainingConfig,
 ) -> tff.aggregators.WeightedAggregationFactory:
-  return _robust(config, robust.MedianFactory())
+  # No sum to replace: the statistic needs the individual updates.
+  return _wrapped(config, robust.MedianFactory())
 
 
 @AGGREGATORS.register(
@@ -181,12 +168,19 @@ def _median(
 def _trimmed_mean(
     config: config_lib.TrainingConfig,
 ) -> tff.aggregators.WeightedAggregationFactory:
-  return _robust(config,
-                 robust.TrimmedMeanFactory(config.aggregation.trim_fraction))
+  return _wrapped(config,
+                  robust.TrimmedMeanFactory(config.aggregation.trim_fraction))
 
 
 def build_aggregator(
     config: config_lib.TrainingConfig,
 ) -> tff.aggregators.WeightedAggregationFactory:
-  """The model aggregator selected by `config.aggregator` and its flags."""
-  return AGGREGATORS.get(config.aggregator)(config)
+  """The model aggregator selected by `config.aggregator` and its flags.
+
+  Raises:
+    errors.UsageError: if the name is unknown, or `config` combines settings
+      that do not go together (`config.check_combinations`).
+  """
+  builder = AGGREGATORS.get(config.aggregator)
+  config_lib.check_combinations(config)
+  return builder(config)

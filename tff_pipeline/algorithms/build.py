@@ -20,23 +20,18 @@
     gradients it is exactly gradient descent on the pooled data, with step
     size `--server_learning_rate`.
 
-With `--aggregator=compensated`, the same algorithm is assembled from TFF's
-templates (`tff.learning.templates.compose_learning_process`) around our
-client work, which trains on a local-step budget and reports tau_i and L_i
-(see `compensation_client_work` and `aggregators/compensation.py`).
+When the aggregator declares that it needs the clients' full reports (the
+compensated one: `client_reports.ClientWorkNeeds`), or faults corrupt
+updates, FedAvg is assembled from TFF's templates
+(`tff.learning.templates.compose_learning_process`) around our client work,
+which trains on a local-step budget and reports tau_i and L_i (see
+`compensation_client_work` and `tff_pipeline/client_reports.py`).
+
+Which algorithms combine with which aggregators and faults is decided in
+`config.check_combinations`.
 
 A builder returns an `Algorithm`: the learning process, plus how the training
 loop must package a client's data for it.
-
-Every client loop iterates its dataset (`for batch in iter(dataset)`, TFF's
-`LoopImplementation.DATASET_ITERATOR`) rather than `Dataset.reduce`. TFF's
-worker runs graphs with Grappler off; a `reduce` body is a tf.data function
-it never inlines, so the gradient of every input of the model's
-`forward_pass` `tf.function` is computed, including a first-layer
-convolution gradient with respect to the images that nothing reads. The
-iterator loop is lowered into the session's graph, where that dead branch is
-pruned: on the paper CNN this cut the worker's CPU per round by a third
-(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -49,17 +44,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_pipeline import client_reports
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline import faults
 from tff_pipeline import registry
-from tff_pipeline.aggregators import compensation
 from tff_pipeline.algorithms import compensation_client_work
 from tff_pipeline.algorithms import optimizers
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 CLIENT_LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
-"""The client training loop of every TFF-built algorithm (see above)."""
+"""The client training loop of every TFF-built algorithm: an iterator loop, a
+third less worker CPU than `Dataset.reduce` (see
+`compensation_client_work.iterate`)."""
 
 ClientInputFn = Callable[[tf.data.Dataset, int, int, int], Any]
 """(one shuffled epoch of batches, local-step budget, n_i, fault code) ->
@@ -121,17 +118,13 @@ def _build_composed(
 ) -> Algorithm:
   """FedAvg/FedProx composed from TFF templates around our client work.
 
-  The compensated aggregator consumes the client work's full update; any
-  other aggregator receives its model delta, weighted by the examples
+  The client work reports what `factory` declares it needs
+  (`client_reports.needs_of`): an aggregator that consumes the full report
+  gets it; any other receives the model delta, weighted by the examples
   processed as in TFF's FedAvg.
   """
-  if isinstance(factory, compensation.CompensatedFactory):
-    measure_loss = factory.measures_loss
-    weighting = compensation_client_work.WEIGHT_BY_DATA_SIZE
-  else:
-    factory = compensation.ModelDeltaOnlyFactory(factory)
-    measure_loss = False
-    weighting = compensation_client_work.WEIGHT_BY_EXAMPLES_PROCESSED
+  needs = client_reports.needs_of(factory)
+  factory = client_reports.for_reported_updates(factory)
 
   @tff.tensorflow.computation
   def initial_model_weights_fn():
@@ -141,8 +134,8 @@ def _build_composed(
   client_work = compensation_client_work.build_compensation_client_work(
       model_fn, optimizers.build_optimizer(config.client_optimizer),
       proximal_strength=proximal_strength,
-      measure_loss=measure_loss,
-      weighting=weighting,
+      measure_loss=needs.pre_training_loss,
+      weighting=needs.weighting,
   )
   update_type = client_work.next.type_signature.result.result.member.update
   process = tff.learning.templates.compose_learning_process(
@@ -163,7 +156,7 @@ def build_fedavg(
     config: config_lib.TrainingConfig,
     model_aggregator: tff.aggregators.WeightedAggregationFactory,
 ) -> Algorithm:
-  if (isinstance(model_aggregator, compensation.CompensatedFactory)
+  if (client_reports.needs_of(model_aggregator).full_report
       or config.faults.corrupts_updates):
     return _build_composed(model_fn, config, model_aggregator)
   process = tff.learning.algorithms.build_weighted_fed_avg(
@@ -205,14 +198,6 @@ def build_fedsgd(
     config: config_lib.TrainingConfig,
     model_aggregator: tff.aggregators.WeightedAggregationFactory,
 ) -> Algorithm:
-  if isinstance(model_aggregator, compensation.CompensatedFactory):
-    raise errors.UsageError(
-        '--aggregator=compensated normalises local steps, but '
-        '--algorithm=fedsgd runs none; use fedavg or fedprox')
-  if config.faults.corrupts_updates:
-    raise errors.UsageError(
-        f'--faulty_mode={config.faults.mode} corrupts updates, which '
-        '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
   process = tff.learning.algorithms.build_fed_sgd(
       model_fn,
       server_optimizer_fn=optimizers.build_optimizer(config.server_optimizer),
@@ -227,8 +212,14 @@ def build_algorithm(
     config: config_lib.TrainingConfig,
     model_aggregator: tff.aggregators.WeightedAggregationFactory,
 ) -> Algorithm:
-  """Builds the algorithm named by `config.algorithm`."""
+  """Builds the algorithm named by `config.algorithm`.
+
+  Raises:
+    errors.UsageError: if the name is unknown, or `config` combines settings
+      that do not go together (`config.check_combinations`).
+  """
   builder = ALGORITHMS.get(config.algorithm)
+  config_lib.check_combinations(config)
   if not isinstance(model_aggregator, (
       tff.aggregators.WeightedAggregationFactory,
       tff.aggregators.UnweightedAggregationFactory)):

@@ -1,0 +1,11 @@
+"""Model-update aggregators: a base chosen by name, wrapped by flags.
+
+See `build.py` for the registry and the composition, and one module per
+factory (`compensation.py`, `precise_sum.py`, `robust.py`).
+"""
+
+from tff_pipeline.aggregators.build import AggregatorBuilder
+from tff_pipeline.aggregators.build import AGGREGATORS
+from tff_pipeline.aggregators.build import build_aggregator
+from tff_pipeline.aggregators.build import COMPRESSION_THRESHOLD
+from tff_pipeline.aggregators.build import Factory

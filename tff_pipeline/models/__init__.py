@@ -1,0 +1,8 @@
+"""Keras model builders, by name (`--model`): see `builders.py`."""
+
+from tff_pipeline.models.builders import build_2nn
+from tff_pipeline.models.builders import build_cnn
+from tff_pipeline.models.builders import build_linear
+from tff_pipeline.models.builders import count_parameters
+from tff_pipeline.models.builders import ModelBuilder
+from tff_pipeline.models.builders import MODELS
