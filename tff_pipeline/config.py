@@ -8,20 +8,14 @@ google-research/federated (`client_epochs_per_round`, `server_optimizer`...).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
+from tff_pipeline import _structure
 from tff_pipeline import errors
 from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 
-
-def _finite(value: float) -> bool:
-  """math.isfinite, but False for ints too large for a float (10**400)."""
-  try:
-    return math.isfinite(value)
-  except OverflowError:
-    return False
+_finite = _structure.finite_number
 
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
@@ -128,14 +122,6 @@ class AggregationConfig:
              'must be in [0, 1) (0 means 1/num_clients)')
     _require(1 <= self.compression_bits <= 16, 'compression_bits',
              self.compression_bits, 'must be in 1..16')
-    exclusive = [name for name, on in (
-        ('--dp_noise_multiplier', self.dp),
-        ('--secure_aggregation', self.secure_aggregation),
-        ('--compression', self.compression)) if on]
-    if len(exclusive) > 1:
-      raise errors.UsageError(
-          f'{" and ".join(exclusive)} cannot be combined: each replaces the '
-          'sum at the core of the mean; choose one')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,3 +215,45 @@ class TrainingConfig:
     _require(
         _finite(self.proximal_strength) and self.proximal_strength >= 0,
         'proximal_strength', self.proximal_strength, 'must be >= 0')
+    check_combinations(self)
+
+
+# ----------------------------------------------------------------------------
+# Which settings combine: every such rule of the pipeline, in one place.
+# ----------------------------------------------------------------------------
+
+SUM_REPLACEMENTS = ('--dp_noise_multiplier', '--secure_aggregation',
+                    '--compression')
+"""Flags that each replace the sum at the core of the mean."""
+
+AGGREGATORS_OF_INDIVIDUAL_UPDATES = ('median', 'trimmed_mean')
+"""Aggregators that need every client's update, not a sum of them."""
+
+
+def check_combinations(config: TrainingConfig) -> None:
+  """Raises `errors.UsageError` if settings of `config` do not go together.
+
+  The builders of aggregators and algorithms rely on these rules and call
+  this too, for configs built by hand and never validated.
+  """
+  agg = config.aggregation
+  on = dict(zip(SUM_REPLACEMENTS, (agg.dp, agg.secure_aggregation,
+                                   agg.compression)))
+  replacing = [flag for flag in SUM_REPLACEMENTS if on[flag]]
+  if len(replacing) > 1:
+    raise errors.UsageError(
+        f'{" and ".join(replacing)} cannot be combined: each replaces the '
+        'sum at the core of the mean; choose one')
+  if config.aggregator in AGGREGATORS_OF_INDIVIDUAL_UPDATES and replacing:
+    raise errors.UsageError(
+        f'--aggregator={config.aggregator} needs the individual updates and '
+        f'cannot be combined with {replacing[0]}')
+  if config.algorithm == 'fedsgd':
+    if config.aggregator == 'compensated':
+      raise errors.UsageError(
+          '--aggregator=compensated normalises local steps, but '
+          '--algorithm=fedsgd runs none; use fedavg or fedprox')
+    if config.faults.corrupts_updates:
+      raise errors.UsageError(
+          f'--faulty_mode={config.faults.mode} corrupts updates, which '
+          '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')

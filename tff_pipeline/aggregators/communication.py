@@ -2,7 +2,8 @@
 
 Per sampled client, the server broadcasts the global model (float32) and the
 client uploads its update: the model delta (or gradient, for FedSGD), its
-weight, and with the compensated aggregator tau_i and L_i. With
+weight, and tau_i and L_i when the aggregator consumes the clients' full
+reports (`client_reports.ClientWorkNeeds.full_report`). With
 `--compression`, every tensor of more than `COMPRESSION_THRESHOLD` values is
 sent as `--compression_bits`-bit integers plus two float32 (its range), as
 TFF's `EncodedSumFactory.quantize_above_threshold` encodes it; smaller tensors
@@ -17,7 +18,9 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from tff_pipeline import client_reports
 from tff_pipeline import config as config_lib
+from tff_pipeline.aggregators import build
 
 FLOAT_BYTES = 4
 
@@ -52,7 +55,8 @@ def payload(
   Args:
     trainable_sizes: Number of values of each trainable tensor.
     non_trainable_sizes: Number of values of each non-trainable tensor.
-    config: The run's configuration (aggregator and compression settings).
+    config: The run's configuration (aggregator and compression settings);
+      whether tau_i and L_i are sent is what its aggregator declares.
     compression_threshold: Tensors above this size are quantized.
   """
   broadcast = FLOAT_BYTES * (sum(trainable_sizes) + sum(non_trainable_sizes))
@@ -64,7 +68,7 @@ def payload(
     else:
       upload += FLOAT_BYTES * size
   scalars = 1  # the client's weight
-  if config.aggregator == 'compensated':
+  if client_reports.needs_of(build.build_aggregator(config)).full_report:
     scalars += 2  # tau_i and L_i
   upload += FLOAT_BYTES * scalars
   return Payload(broadcast, upload, sum(trainable_sizes) + scalars)

@@ -29,8 +29,10 @@ weighted FedAvg then has two faults, and this aggregator corrects both:
 
 With equal tau_i and q = 0 this is exactly weighted FedAvg.
 
-Inputs are produced by `algorithms.compensation_client_work`: each client
-sends `{model_delta, local_steps, pre_training_loss}` with weight n_i. The
+Inputs are the clients' full reports (`tff_pipeline.client_reports`, sent by
+`algorithms.compensation_client_work`): each client sends
+`{model_delta, local_steps, pre_training_loss}` with weight n_i, as the
+factory declares in `client_work_needs`. The
 factory does its per-client arithmetic in CLIENTS-placed computations and
 hands the normalised, reweighted deltas to an *inner* factory, so it composes
 with TFF's own factories the way TFF's wrappers do:
@@ -67,7 +69,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_pipeline.algorithms import compensation_client_work as client_work
+from tff_pipeline import _structure
+from tff_pipeline import client_reports
 
 DEFAULT_MAX_LOSS_FACTOR = 3.0
 REWEIGHT_TOLERANCE = 0.01
@@ -116,9 +119,16 @@ class CompensatedFactory(tff.aggregators.WeightedAggregationFactory):
     """Whether clients need to measure their pre-training loss."""
     return self._q > 0
 
+  @property
+  def client_work_needs(self) -> client_reports.ClientWorkNeeds:
+    """The full report, weighted by n_i; L_i only when q > 0."""
+    return client_reports.ClientWorkNeeds(
+        full_report=True, pre_training_loss=self.measures_loss,
+        weighting=client_reports.WEIGHT_BY_DATA_SIZE)
+
   def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
     value_type = tff.types.to_type(value_type)
-    delta_type = value_type[client_work.MODEL_DELTA]
+    delta_type = value_type[client_reports.MODEL_DELTA]
     weighted_inner = isinstance(self._inner,
                                 tff.aggregators.WeightedAggregationFactory)
     if weighted_inner:
@@ -129,13 +139,12 @@ class CompensatedFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, weight_type)
     def sanitize(value, weight):
-      value = _to_python(value)
-      delta = value[client_work.MODEL_DELTA]
-      tau = value[client_work.LOCAL_STEPS]
-      loss = value[client_work.PRE_TRAINING_LOSS]
+      value = _structure.to_python(value)
+      delta = value[client_reports.MODEL_DELTA]
+      tau = value[client_reports.LOCAL_STEPS]
+      loss = value[client_reports.PRE_TRAINING_LOSS]
       weight = tf.cast(weight, tf.float32)
-      ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
-                          for t in tf.nest.flatten(delta)])
+      ok = _structure.all_finite(delta)
       ok = ok & tf.math.is_finite(weight) & (weight > 0)
       ok = ok & tf.math.is_finite(tau) & (tau > 0)
       if q > 0:
@@ -195,7 +204,7 @@ class CompensatedFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(eff_type, tff.TensorType(_F32))
     def unweighted_input(eff, mean_weight):
-      eff = _to_python(eff)
+      eff = _structure.to_python(eff)
       factor = tf.math.divide_no_nan(eff['weight'], mean_weight)
       return tf.nest.map_structure(lambda d: d * tf.cast(factor, d.dtype),
                                    eff['delta'])
@@ -213,7 +222,7 @@ class CompensatedFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(result_type, totals_type)
     def rescale(aggregate, totals):
-      aggregate = _to_python(aggregate)
+      aggregate = _structure.to_python(aggregate)
       tau_eff = tf.math.divide_no_nan(totals['weighted_tau'], totals['weight'])
       factor = tau_eff if normalize else tf.constant(1.0)
       nonzero = totals['weight'] > 0
@@ -275,49 +284,6 @@ class CompensatedFactory(tff.aggregators.WeightedAggregationFactory):
           inner_output.state, result, measurements)
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-class ModelDeltaOnlyFactory(tff.aggregators.WeightedAggregationFactory):
-  """Feeds the model delta of our client update to an ordinary factory.
-
-  Lets the self-reporting client work of `compensation_client_work` (used for
-  FedProx, whose proximal term TFF 0.87 gets wrong, and for fault injection)
-  run with any aggregator: the update's `local_steps` and
-  `pre_training_loss` are dropped and `model_delta` goes to `inner` with the
-  client's weight. Measurements and state are the inner process's.
-  """
-
-  def __init__(self, inner: tff.aggregators.WeightedAggregationFactory):
-    if not isinstance(inner, tff.aggregators.WeightedAggregationFactory):
-      raise TypeError(f'inner must be a weighted factory, got {inner}')
-    self._inner = inner
-
-  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
-    value_type = tff.types.to_type(value_type)
-    delta_type = value_type[client_work.MODEL_DELTA]
-    inner_process = self._inner.create(delta_type, weight_type)
-
-    @tff.tensorflow.computation(value_type)
-    def model_delta_of(value):
-      return _to_python(value)[client_work.MODEL_DELTA]
-
-    @tff.federated_computation(
-        inner_process.initialize.type_signature.result,
-        tff.FederatedType(value_type, tff.CLIENTS),
-        tff.FederatedType(weight_type, tff.CLIENTS),
-    )
-    def next_fn(state, value, weight):
-      return inner_process.next(
-          state, tff.federated_map(model_delta_of, value), weight)
-
-    return tff.templates.AggregationProcess(inner_process.initialize, next_fn)
-
-
-def _to_python(value):
-  """TFF structs to nested OrderedDicts/tuples, which `tf.nest` understands."""
-  if isinstance(value, tff.structure.Struct):
-    return tff.structure.to_odict_or_tuple(value)
-  return value
 
 
 @tff.tensorflow.computation

@@ -17,6 +17,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_pipeline import _structure
+
 
 class Float64SumFactory(tff.aggregators.UnweightedAggregationFactory):
   """Sums float tensors in float64; returns them in their own dtypes.
@@ -30,16 +32,16 @@ class Float64SumFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(value_type)
     def widen(value):
       return tf.nest.map_structure(lambda t: tf.cast(t, tf.float64),
-                                   _to_python(value))
+                                   _structure.to_python(value))
 
     wide_type = widen.type_signature.result
 
     @tff.tensorflow.computation(wide_type)
     def narrow(total):
-      leaves = tf.nest.flatten(_to_python(total))
-      dtypes = [t.dtype for t in _leaf_types(value_type)]
-      narrowed = iter([tf.cast(t, d) for t, d in zip(leaves, dtypes)])
-      return _pack_like(value_type, narrowed)
+      leaves = _structure.flatten(total, wide_type)
+      dtypes = [t.dtype for t in _structure.leaf_types(value_type)]
+      return _structure.pack(
+          [tf.cast(t, d) for t, d in zip(leaves, dtypes)], value_type)
 
     @tff.federated_computation
     def init_fn():
@@ -55,30 +57,3 @@ class Float64SumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
-
-def _leaf_types(value_type) -> list:
-  if isinstance(value_type, tff.StructType):
-    return [leaf for _, element in tff.structure.iter_elements(value_type)
-            for leaf in _leaf_types(element)]
-  return [value_type]
-
-
-def _pack_like(type_spec, leaves):
-  """Rebuilds `type_spec`'s Python containers around the next `leaves`."""
-  if not isinstance(type_spec, tff.StructType):
-    return next(leaves)
-  elements = [(name, _pack_like(element, leaves))
-              for name, element in tff.structure.iter_elements(type_spec)]
-  container = getattr(type_spec, 'python_container', None)
-  if container is None:
-    return tff.structure.Struct(elements)
-  if all(name is not None for name, _ in elements):
-    return container(**dict(elements)) if not issubclass(
-        container, dict) else container(elements)
-  return container(value for _, value in elements)
-
-
-def _to_python(value):
-  if isinstance(value, tff.structure.Struct):
-    return tff.structure.to_odict_or_tuple(value)
-  return value

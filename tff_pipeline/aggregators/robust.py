@@ -60,6 +60,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_pipeline import _structure
+
 COUNT_DTYPE = np.int32
 """dtype of the `num_clients` and `num_excluded` measurements."""
 
@@ -158,12 +160,6 @@ def trimmed_mean(updates: np.ndarray, weights: np.ndarray,
 # ----------------------------------------------------------------------------
 
 
-def _leaf_types(value_type: tff.Type) -> list[tff.TensorType]:
-  if isinstance(value_type, tff.TensorType):
-    return [value_type]
-  return tff.structure.flatten(value_type)
-
-
 def _check_types(value_type: tff.Type, weight_type: tff.Type) -> None:
   """Raises TypeError unless the factories can aggregate these types."""
   if isinstance(value_type, tff.FederatedType):
@@ -171,7 +167,7 @@ def _check_types(value_type: tff.Type, weight_type: tff.Type) -> None:
   if not tff.types.is_structure_of_floats(value_type):
     raise TypeError('value_type must be a float tensor or a structure of '
                     f'float tensors, got {value_type}')
-  for leaf in _leaf_types(value_type):
+  for leaf in _structure.leaf_types(value_type):
     if not tff.types.is_shape_fully_defined(leaf.shape):
       raise TypeError(
           f'every tensor of value_type needs a fully defined shape, got {leaf}')
@@ -180,22 +176,6 @@ def _check_types(value_type: tff.Type, weight_type: tff.Type) -> None:
               or np.issubdtype(weight_type.dtype, np.integer))):
     raise TypeError(
         f'weight_type must be a numeric scalar, got {weight_type}')
-
-
-def _flatten(value: object, value_type: tff.Type) -> list[tf.Tensor]:
-  """The tensors of `value` (a Python container or Struct), in TFF's order."""
-  if isinstance(value_type, tff.TensorType):
-    return [value]
-  return tff.structure.flatten(
-      tff.structure.from_container(value, recursive=True))
-
-
-def _pack(leaves: list[tf.Tensor], value_type: tff.Type) -> object:
-  """`leaves` in the structure and Python containers of `value_type`."""
-  if isinstance(value_type, tff.TensorType):
-    return leaves[0]
-  return tff.types.type_to_py_container(
-      tff.structure.pack_sequence_as(value_type, leaves), value_type)
 
 
 def _trimmed_mean_tf(stacked: tf.Tensor, num_trimmed: tf.Tensor) -> tf.Tensor:
@@ -249,7 +229,7 @@ def _build_gather_computations(
   Returns:
     The `zero`, `accumulate`, `merge` and `report` computations.
   """
-  leaf_types = _leaf_types(value_type)
+  leaf_types = _structure.leaf_types(value_type)
   stack_type = tuple(
       tff.TensorType(t.dtype, (None,) + tuple(t.shape)) for t in leaf_types)
   accumulator_type = tff.types.to_type(collections.OrderedDict(
@@ -271,10 +251,8 @@ def _build_gather_computations(
   @tff.tensorflow.computation(accumulator_type, client_type)
   def accumulate(accumulator, client):
     value, weight = client
-    leaves = _flatten(value, value_type)
-    finite = tf.reduce_all(
-        [tf.reduce_all(tf.math.is_finite(leaf)) for leaf in leaves])
-    keep = tf.logical_and(finite, weight > 0)
+    leaves = _structure.flatten(value, value_type)
+    keep = tf.logical_and(_structure.all_finite(leaves), weight > 0)
     mask = tf.reshape(keep, [1])
     values = tuple(
         tf.concat([stack, tf.boolean_mask(leaf[tf.newaxis], mask)], axis=0)
@@ -300,7 +278,8 @@ def _build_gather_computations(
     stacks = accumulator['values']
     k = num_trimmed(tf.shape(stacks[0])[0])
     return collections.OrderedDict(
-        result=_pack([_trimmed_mean_tf(s, k) for s in stacks], value_type),
+        result=_structure.pack([_trimmed_mean_tf(s, k) for s in stacks],
+                               value_type),
         measurements=collections.OrderedDict(
             num_clients=accumulator['num_clients'],
             num_excluded=accumulator['num_excluded'],

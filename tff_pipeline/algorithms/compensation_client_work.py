@@ -49,11 +49,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_pipeline import _structure
+from tff_pipeline import client_reports
 from tff_pipeline import faults
 
-MODEL_DELTA = 'model_delta'
-LOCAL_STEPS = 'local_steps'
-PRE_TRAINING_LOSS = 'pre_training_loss'
+# The update this client work reports (see `tff_pipeline.client_reports`).
+MODEL_DELTA = client_reports.MODEL_DELTA
+LOCAL_STEPS = client_reports.LOCAL_STEPS
+PRE_TRAINING_LOSS = client_reports.PRE_TRAINING_LOSS
 
 
 def client_input(batches: tf.data.Dataset, local_steps: int,
@@ -80,28 +83,26 @@ def _corrupt(delta, fault: tf.Tensor):
   return tf.nest.map_structure(corrupt, delta)
 
 
-def _all_finite(structure) -> tf.Tensor:
-  return tf.reduce_all([
-      tf.reduce_all(tf.math.is_finite(t)) for t in tf.nest.flatten(structure)
-  ])
-
-
 def iterate(dataset: tf.data.Dataset, initial_state, reduce_fn):
   """`dataset.reduce(initial_state, reduce_fn)` as an iterator loop.
 
   Inside a `tf.function`, AutoGraph turns the loop into a `tf.while_loop`
-  over the dataset's iterator (TFF's `LoopImplementation.DATASET_ITERATOR`),
-  which TFF's worker runs faster than a `reduce`; see `tff_pipeline.
-  algorithms`.
+  over the dataset's iterator, as TFF's own client work does with
+  `LoopImplementation.DATASET_ITERATOR` (`algorithms.build.CLIENT_LOOP`, the
+  loop of every TFF-built algorithm here).
+
+  Why not `Dataset.reduce`: TFF's worker runs graphs with Grappler off; a
+  `reduce` body is a tf.data function it never inlines, so the gradient of
+  every input of the model's `forward_pass` `tf.function` is computed,
+  including a first-layer convolution gradient with respect to the images
+  that nothing reads. The iterator loop is lowered into the session's graph,
+  where that dead branch is pruned: on the paper CNN this cut the worker's
+  CPU per round by a third (benchmarks/README.md).
   """
   state = initial_state
   for element in iter(dataset):
     state = reduce_fn(state, element)
   return state
-
-
-WEIGHT_BY_DATA_SIZE = 'data_size'
-WEIGHT_BY_EXAMPLES_PROCESSED = 'examples_processed'
 
 
 def _build_client_update(
@@ -179,10 +180,10 @@ def _build_client_update(
 
     delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable,
                                   model_weights.trainable)
-    finite = _all_finite(delta)
+    finite = _structure.all_finite(delta)
     delta = tf.nest.map_structure(
         lambda d: tf.where(finite, d, tf.zeros_like(d)), delta)
-    if weighting == WEIGHT_BY_DATA_SIZE:
+    if weighting == client_reports.WEIGHT_BY_DATA_SIZE:
       weight = tf.cast(num_examples, tf.float32)
     else:
       weight = tf.cast(processed, tf.float32)
@@ -208,7 +209,7 @@ def build_compensation_client_work(
     *,
     proximal_strength: float = 0.0,
     measure_loss: bool = True,
-    weighting: str = WEIGHT_BY_DATA_SIZE,
+    weighting: str = client_reports.WEIGHT_BY_DATA_SIZE,
 ) -> tff.learning.templates.ClientWorkProcess:
   """Builds the budgeted, self-reporting client work.
 
@@ -219,8 +220,9 @@ def build_compensation_client_work(
     proximal_strength: FedProx mu; 0 gives FedAvg's local training.
     measure_loss: Whether to run the pre-training loss pass (needed only for
       loss-aware reweighting; without it `pre_training_loss` is 0).
-    weighting: The update weight: `WEIGHT_BY_DATA_SIZE` (n_i, what the
-      compensation needs) or `WEIGHT_BY_EXAMPLES_PROCESSED` (the examples
+    weighting: The update weight, one of `client_reports.WEIGHTINGS`:
+      `WEIGHT_BY_DATA_SIZE` (n_i, what the compensation needs) or
+      `WEIGHT_BY_EXAMPLES_PROCESSED` (the examples
       seen in training, TFF's `ClientWeighting.NUM_EXAMPLES` convention).
 
   Returns:
@@ -228,7 +230,7 @@ def build_compensation_client_work(
   """
   if proximal_strength < 0:
     raise ValueError(f'proximal_strength {proximal_strength} must be >= 0')
-  if weighting not in (WEIGHT_BY_DATA_SIZE, WEIGHT_BY_EXAMPLES_PROCESSED):
+  if weighting not in client_reports.WEIGHTINGS:
     raise ValueError(f'unknown weighting {weighting!r}')
   with tf.Graph().as_default():
     model = model_fn()

@@ -190,14 +190,8 @@ def load_npz(path: str) -> MnistArrays:
             'expected x_train, y_train, x_test, y_test as in Keras mnist.npz'
         )
       raw = {k: data[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
-  arrays = MnistArrays(
-      train_x=_scale_images(raw['x_train'], path),
-      train_y=_labels(raw['y_train'], path),
-      test_x=_scale_images(raw['x_test'], path),
-      test_y=_labels(raw['y_test'], path),
-      source=f'Keras npz ({path})',
-  )
-  return _validated(arrays, path)
+  return _from_uint8(raw['x_train'], raw['y_train'], raw['x_test'],
+                     raw['y_test'], path, f'Keras npz ({path})')
 
 
 def _read_maybe_gzipped(directory: str, name: str) -> tuple[bytes, str]:
@@ -255,14 +249,22 @@ def load_idx_directory(directory: str) -> MnistArrays:
   for key, name in IDX_FILES.items():
     data, path = _read_maybe_gzipped(directory, name)
     raw[key] = parse_idx(data, path)
+  return _from_uint8(raw['train_x'], raw['train_y'], raw['test_x'],
+                     raw['test_y'], directory, f'IDX files ({directory})')
+
+
+def _from_uint8(train_x: np.ndarray, train_y: np.ndarray,
+                test_x: np.ndarray, test_y: np.ndarray, where: str,
+                source: str) -> MnistArrays:
+  """Validated arrays from uint8 images and integer labels (npz or IDX)."""
   arrays = MnistArrays(
-      train_x=_scale_images(raw['train_x'], directory),
-      train_y=_labels(raw['train_y'], directory),
-      test_x=_scale_images(raw['test_x'], directory),
-      test_y=_labels(raw['test_y'], directory),
-      source=f'IDX files ({directory})',
+      train_x=_scale_images(train_x, where),
+      train_y=_labels(train_y, where),
+      test_x=_scale_images(test_x, where),
+      test_y=_labels(test_y, where),
+      source=source,
   )
-  return _validated(arrays, directory)
+  return _validated(arrays, where)
 
 
 def _scale_images(images: np.ndarray, where: str) -> np.ndarray:

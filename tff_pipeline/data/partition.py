@@ -71,6 +71,20 @@ def _check_sizes(num_examples: int, num_clients: int, minimum: int) -> None:
     )
 
 
+def _smallest_client(num_examples: int, num_clients: int,
+                     params: PartitionParams) -> int:
+  """The smallest client size of a random-size partition, checked.
+
+  `min_examples_per_client`, lowered to an equal share when the examples
+  cannot give every client that many. Raises `errors.UsageError` unless
+  every client can have max(that, 1) examples.
+  """
+  _check_sizes(num_examples, num_clients, 1)  # Before dividing by it.
+  minimum = min(params.min_examples_per_client, num_examples // num_clients)
+  _check_sizes(num_examples, num_clients, max(minimum, 1))
+  return minimum
+
+
 @PARTITIONS.register('iid', 'uniform random split into equal-size clients')
 def iid(
     labels: np.ndarray,
@@ -181,9 +195,7 @@ def dirichlet(
         f'--dirichlet_alpha={alpha} must be a finite number >= '
         f'{MIN_DIRICHLET_ALPHA}'
     )
-  _check_sizes(len(labels), num_clients, 1)  # Before dividing by it.
-  minimum = min(params.min_examples_per_client, len(labels) // num_clients)
-  _check_sizes(len(labels), num_clients, max(minimum, 1))
+  minimum = _smallest_client(len(labels), num_clients, params)
   classes = np.unique(labels)
   max_tries = 1000
   for _ in range(max_tries):
@@ -229,11 +241,7 @@ def power_law_sizes(
   """
   if exponent < 0:
     raise errors.UsageError(f'power-law exponent {exponent} must be >= 0')
-  if num_clients * minimum > total:
-    raise errors.UsageError(
-        f'{num_clients} clients of at least {minimum} examples need more than '
-        f'{total} examples'
-    )
+  _check_sizes(total, num_clients, minimum)
   if exponent == 0:
     shares = np.ones(num_clients)
   else:
@@ -267,11 +275,9 @@ def quantity_skew(
     raise errors.UsageError(
         f'--quantity_skew_exponent={exponent} must be positive'
     )
-  _check_sizes(len(labels), num_clients, 1)  # Before dividing by it.
-  minimum = min(params.min_examples_per_client, len(labels) // num_clients)
-  _check_sizes(len(labels), num_clients, max(minimum, 1))
-  sizes = power_law_sizes(len(labels), num_clients, exponent, rng,
-                          max(minimum, 1))
+  sizes = power_law_sizes(
+      len(labels), num_clients, exponent, rng,
+      max(_smallest_client(len(labels), num_clients, params), 1))
   cuts = np.cumsum(sizes)[:-1]
   return [np.sort(p) for p in np.split(rng.permutation(len(labels)), cuts)]
 

@@ -23,23 +23,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import math
 
 import numpy as np
 
+from tff_pipeline import _structure
 from tff_pipeline import errors
 from tff_pipeline.data import client_data as client_data_lib
 from tff_pipeline.data import partition
 
 # Separates this generator's random stream from the others derived from --seed.
 _REGRESSION_STREAM = 0x5245_4752
-
-
-def _finite(value: float) -> bool:
-  try:
-    return math.isfinite(value)
-  except (OverflowError, TypeError):  # 10**400, or not a number.
-    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +92,7 @@ class RegressionSpec:
         ('--feature_shift', [self.feature_shift]),
         ('--weight_heterogeneity', [self.weight_heterogeneity]),
         ('--size_exponent', [self.size_exponent])):
-      if not all(_finite(v) for v in values):
+      if not all(_structure.finite_number(v) for v in values):
         raise errors.UsageError(
             f'{flag}={",".join(str(v) for v in values)} must be finite')
     if self.seed < 0:

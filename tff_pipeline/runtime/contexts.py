@@ -195,11 +195,6 @@ class Runtime:
         async_contexts
     )
 
-  def check_workers(self) -> None:
-    """Raises `RuntimeUnavailableError` if any worker is gone."""
-    for connection in self._connections:
-      connection.ensure_ready()
-
   def close(self) -> None:
     for connection in self._connections:
       connection.close()

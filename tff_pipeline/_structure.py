@@ -1,0 +1,82 @@
+"""Helpers for nested values and TFF types: the one place using TFF internals.
+
+TFF hands a `tff.tensorflow.computation` its structured arguments as
+`tff.structure.Struct`s, and describes them with `tff.StructType`s that carry
+the Python container to rebuild. `tf.nest` understands neither, and
+`tff.structure` is not part of TFF's stable API, so every module of the
+pipeline goes through these helpers: an upgrade of TFF touches this file
+alone.
+
+Leaves come in TFF's order (a struct's element order), which for an
+`OrderedDict` is its insertion order; `tf.nest` would sort dict keys instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+
+def finite_number(value: object) -> bool:
+  """`math.isfinite`, but False for non-numbers and ints beyond a float.
+
+  A config value such as 10**400 makes `math.isfinite` raise OverflowError;
+  a string makes it raise TypeError. Both are simply not finite numbers.
+  """
+  try:
+    return math.isfinite(value)  # type: ignore[arg-type]
+  except (OverflowError, TypeError):
+    return False
+
+
+def to_python(value: object) -> object:
+  """TFF structs to nested OrderedDicts/tuples, which `tf.nest` understands.
+
+  Any other value (a tensor, or an already Python container) is returned as
+  it is.
+  """
+  if isinstance(value, tff.structure.Struct):
+    return tff.structure.to_odict_or_tuple(value)
+  return value
+
+
+def leaf_types(type_spec: tff.Type) -> list[tff.TensorType]:
+  """The tensor types of `type_spec` (a tensor or struct type), TFF order."""
+  if isinstance(type_spec, tff.StructType):
+    return list(tff.structure.flatten(type_spec))
+  return [type_spec]
+
+
+def flatten(value: object, type_spec: tff.Type) -> list[tf.Tensor]:
+  """The tensors of `value` (a Struct or Python containers), in TFF order.
+
+  Args:
+    value: A value of type `type_spec`.
+    type_spec: Its TFF type: a tensor type or a struct of them.
+  """
+  if not isinstance(type_spec, tff.StructType):
+    return [value]
+  return tff.structure.flatten(
+      tff.structure.from_container(value, recursive=True))
+
+
+def pack(leaves: Sequence[tf.Tensor], type_spec: tff.Type) -> object:
+  """`leaves` (in TFF order) in the structure and containers of `type_spec`."""
+  if not isinstance(type_spec, tff.StructType):
+    return leaves[0]
+  return tff.types.type_to_py_container(
+      tff.structure.pack_sequence_as(type_spec, list(leaves)), type_spec)
+
+
+def all_finite(structure: object) -> tf.Tensor:
+  """A boolean scalar tensor: every value of every tensor is finite.
+
+  Args:
+    structure: A tensor, or a nest of tensors `tf.nest` can flatten (pass
+      Structs through `to_python` first).
+  """
+  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
+                        for t in tf.nest.flatten(structure)])
