@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from benchmarks import common
+from benchmarks import perf_profile
+from benchmarks import workload
 from tests import helpers
 from tff_pipeline import models
 
@@ -26,7 +27,7 @@ def test_cnn_forward_flops_match_the_hand_count():
               2 * 5 * 5 * 32 * 64 * 14 * 14,
               2 * 3136 * 512,
               2 * 512 * 10]
-  rows = common.layer_forward_flops(models.build_cnn(0))
+  rows = workload.layer_forward_flops(models.build_cnn(0))
   assert [r['macs_flops'] for r in rows] == expected
   assert [r['bias_flops'] for r in rows] == [28 * 28 * 32, 14 * 14 * 64,
                                              512, 10]
@@ -35,7 +36,7 @@ def test_cnn_forward_flops_match_the_hand_count():
 
 
 def test_2nn_forward_flops_match_the_hand_count():
-  rows = common.layer_forward_flops(models.build_2nn(0))
+  rows = workload.layer_forward_flops(models.build_2nn(0))
   assert [r['macs_flops'] for r in rows] == [2 * 784 * 200, 2 * 200 * 200,
                                              2 * 200 * 10]
 
@@ -51,7 +52,7 @@ _REPORT = """\
 
 
 def test_perf_report_summary_groups_samples():
-  summary = common.PerfProfile(pid=0, top=3)._summarize(_REPORT)
+  summary = perf_profile.PerfProfile(pid=0, top=3)._summarize(_REPORT)
   assert summary['samples_percent_parsed'] == pytest.approx(55.7)
   by_dso = summary['by_shared_object']
   assert by_dso['[JIT]'] == pytest.approx(35.9)
@@ -68,7 +69,7 @@ def test_perf_report_summary_groups_samples():
 
 def test_perf_profile_reports_why_it_could_not_run(monkeypatch):
   monkeypatch.setenv('PATH', '/nonexistent')
-  with common.PerfProfile(pid=os.getpid()) as profile:
+  with perf_profile.PerfProfile(pid=os.getpid()) as profile:
     pass
   assert profile.error and 'perf' in profile.error
   assert profile.summary == {}
