@@ -119,3 +119,17 @@ def rounds_axis(ax: Any) -> None:
 def positive(values: Sequence[float], floor: float = 1e-12) -> list[float]:
   """Values clipped below at `floor`, for log axes."""
   return [max(v, floor) for v in values]
+
+
+def distance_panel(ax: Any, rounds: Sequence[int],
+                   labelled_series: Sequence[tuple[str, Sequence[float]]],
+                   title: str) -> None:
+  """Distance to the pooled optimum against rounds, a line per series, log y.
+  """
+  for label, values in labelled_series:
+    ax.plot(rounds, positive(values), label=label)
+  ax.set_yscale('log')
+  ax.set_ylabel('distance to pooled optimum')
+  ax.set_title(title)
+  rounds_axis(ax)
+  ax.legend()

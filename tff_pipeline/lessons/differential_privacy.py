@@ -95,13 +95,11 @@ class DpNoiseResult(base.LessonResult):
 
   def figure(self) -> figure_lib.Figure:
     fig, (left, right) = base.new_figure(2)
-    for sigma, series in zip(self.noise_multipliers, self.distance_by_noise):
-      left.plot(self.rounds, base.positive(series), label=f'sigma = {sigma:g}')
-    left.set_yscale('log')
-    left.set_ylabel('distance to pooled optimum')
-    left.set_title('DP-FedAvg against rounds')
-    base.rounds_axis(left)
-    left.legend()
+    base.distance_panel(
+        left, self.rounds,
+        [(f'sigma = {sigma:g}', series) for sigma, series
+         in zip(self.noise_multipliers, self.distance_by_noise)],
+        'DP-FedAvg against rounds')
     noised = [i for i, s in enumerate(self.noise_multipliers) if s > 0]
     right.plot(self.noise_multipliers, self.tail_distance, 'o-', color='C0')
     right.set_xlabel('noise multiplier sigma')

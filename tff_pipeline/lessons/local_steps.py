@@ -90,13 +90,11 @@ class LocalStepsResult(base.LessonResult):
 
   def figure(self) -> figure_lib.Figure:
     fig, (left, right) = base.new_figure(2)
-    for tau, series in zip(self.local_steps, self.distance_by_steps):
-      left.plot(self.rounds, base.positive(series), label=f'tau = {tau}')
-    left.set_yscale('log')
-    left.set_ylabel('distance to pooled optimum')
-    left.set_title('FedAvg (TFF) against rounds')
-    base.rounds_axis(left)
-    left.legend()
+    base.distance_panel(
+        left, self.rounds,
+        [(f'tau = {tau}', series)
+         for tau, series in zip(self.local_steps, self.distance_by_steps)],
+        'FedAvg (TFF) against rounds')
     right.plot(self.local_steps, self.fixed_point_distance, '-', color='gray',
                label='closed-form fixed point')
     right.plot(self.local_steps, self.final_distance, 'o', ms=6,
