@@ -44,9 +44,9 @@ from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.training import checkpoints as checkpoints_lib
-from tff_pipeline.training import aio
 from tff_pipeline.training import outputs as outputs_lib
 from tff_pipeline.training import plots
+from tff_pipeline.training import recorder as recorder_lib
 
 # Separates the shuffling stream from the other streams derived from --seed.
 _SHUFFLE_STREAM = 0x5348_5546
@@ -225,54 +225,6 @@ def run_round(
       next_seconds=fetched - built, seconds=time.perf_counter() - start)
 
 
-class _Recorder:
-  """Keeps the history, and writes CSV, TensorBoard and summary files."""
-
-  def __init__(self, paths: outputs_lib.OutputPaths, start_round: int):
-    self.paths = paths
-    self.history = outputs_lib.read_metrics_csv(paths.metrics_csv, start_round)
-    self._start_round = start_round
-    self._csv = tff.program.CSVFileReleaseManager(
-        paths.metrics_csv,
-        save_mode=tff.program.CSVSaveMode.WRITE,
-        key_fieldname='round_num',
-    )
-    self._tensorboard = tff.program.TensorBoardReleaseManager(paths.logdir)
-
-  def release(self, round_num: int, row: dict[str, float]) -> None:
-    self.history.append({'round_num': float(round_num), **row})
-
-    async def release_all():
-      await self._csv.release(row, key=round_num)
-      # TensorBoard scalars are float32; huge float64 values become inf
-      # instead of failing the conversion.
-      with np.errstate(over='ignore'):
-        scalars = {k: np.float32(v) for k, v in row.items()}
-      await self._tensorboard.release(scalars, key=round_num)
-
-    aio.run_sync(release_all())
-
-  @property
-  def last_round(self) -> int:
-    """The last round released (by this run or before it resumed)."""
-    if not self.history:
-      return self._start_round
-    return int(self.history[-1]['round_num'])
-
-
-def _eval_history(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-  """summary fields `final_eval_<m>` and `eval_<m>_by_round` from history."""
-  fields: dict[str, Any] = {}
-  for row in history:
-    for key, value in row.items():
-      if key.startswith('eval/'):
-        name = key[len('eval/'):]
-        by_round = fields.setdefault(f'eval_{name}_by_round', {})
-        by_round[str(int(row['round_num']))] = value
-        fields[f'final_eval_{name}'] = value
-  return fields
-
-
 def prepare_outputs(
     config: config_lib.TrainingConfig,
 ) -> outputs_lib.OutputPaths:
@@ -376,7 +328,7 @@ def _train(
   state, start_round = checkpoints.load_latest(initial_state)
   if state is None:
     state = initial_state
-  recorder = _Recorder(paths, start_round)
+  recorder = recorder_lib.Recorder(paths, start_round)
   setup_seconds = time.perf_counter() - setup_start
 
   weights = list(state.global_model_weights.trainable)
@@ -412,7 +364,7 @@ def _train(
         'status': status,
         'rounds_completed': round_num,
         'round_seconds': [row.get('round_seconds') for row in history],
-        **_eval_history(history),
+        **recorder_lib.eval_history(history),
         **task.summary_extras(weights),
     }
     if history:
