@@ -33,7 +33,6 @@ shared plumbing), one module per lesson, `catalog` (the lessons by name,
 `lessons.md` table).
 """
 
-from tff_pipeline.lessons.base import LessonResult
 from tff_pipeline.lessons.base import client_arrays
 from tff_pipeline.lessons.catalog import LESSON_ORDER
 from tff_pipeline.lessons.catalog import LESSONS
