@@ -11,9 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
+from benchmarks import measure
 from benchmarks import perf_profile
 from benchmarks import workload
 from tests import helpers
@@ -73,6 +76,16 @@ def test_perf_profile_reports_why_it_could_not_run(monkeypatch):
     pass
   assert profile.error and 'perf' in profile.error
   assert profile.summary == {}
+
+
+def test_interpreter_startup_is_the_process_age_at_the_reading():
+  with open('/proc/uptime', encoding='ascii') as f:
+    uptime = float(f.read().split()[0])
+  now = time.time()
+  age = measure.interpreter_startup_seconds(uptime)
+  # psutil's start time is rounded by the integer-second boot time.
+  assert age == pytest.approx(now - psutil.Process().create_time(), abs=1.5)
+  assert measure.interpreter_startup_seconds(None) is None
 
 
 def _run_benchmark(module, *args, tmp_path):
