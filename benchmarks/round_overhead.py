@@ -10,10 +10,11 @@ client SGD 0.05, server SGD 1.0. It measures and prints:
   * time to the first round, from the top of this file (before TensorFlow
     is imported) through data load, worker start, process build,
     `initialize` and the first `next`, with each part;
-  * the median federated round after that warm-up round, split into building
-    the client datasets (`loop.client_inputs`) and `process.next`, with the
-    CPU seconds of this process, of the TFF worker and of everything else on
-    the machine during the round;
+  * the median federated round after that warm-up round (the training
+    loop's own `loop.run_round`), split into building the client datasets
+    (`loop.client_inputs`) and `process.next`, with the CPU seconds of this
+    process, of the TFF worker and of everything else on the machine during
+    the round;
   * the median of a plain Keras `model.fit` over the same 6000 examples
     (1 epoch, batch 10, SGD 0.05) after one warm-up fit, and the ratio;
   * analytic forward+backward FLOPs and the GFLOP/s they imply;
@@ -57,7 +58,10 @@ import numpy as np
 import psutil
 import tensorflow as tf
 
-from benchmarks import common
+from benchmarks import measure
+from benchmarks import perf_profile
+from benchmarks import report
+from benchmarks import workload
 from tff_pipeline import models
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
@@ -99,23 +103,6 @@ _SEED = 0
 _TASK_STATEMENT_GFLOP = 440.0  # "about 440 GFLOP for 6000 examples"
 
 
-def _flops(model: tf.keras.Model) -> dict[str, Any]:
-  layers = common.layer_forward_flops(model)
-  forward = sum(l['macs_flops'] for l in layers)
-  bias = sum(l['bias_flops'] for l in layers)
-  return {
-      'convention': ('multiply-add = 2 FLOPs; conv 2*K*K*Cin*Cout*Hout*Wout, '
-                     'dense 2*in*out; backward = 2 x forward, so '
-                     'forward+backward = 3 x forward; activations, pooling, '
-                     'loss and optimizer update not counted'),
-      'layers': layers,
-      'forward_per_example': forward,
-      'forward_per_example_with_bias': forward + bias,
-      'train_per_example': 3 * forward,
-      'train_per_example_with_bias': 3 * (forward + bias),
-  }
-
-
 def _keras_fit(x: np.ndarray, y: np.ndarray, repetitions: int
                ) -> dict[str, Any]:
   """Warm-up fit, then `repetitions` timed fits of one epoch each."""
@@ -133,13 +120,13 @@ def _keras_fit(x: np.ndarray, y: np.ndarray, repetitions: int
     return float(history.history['loss'][-1])
 
   pids = {'python': os.getpid()}
-  with common.CpuMeter(pids) as warm_cpu:
+  with measure.CpuMeter(pids) as warm_cpu:
     start = time.perf_counter()
     fit()
     warmup = time.perf_counter() - start
   times, cpu, losses = [], [], []
   for _ in range(repetitions):
-    with common.CpuMeter(pids) as meter:
+    with measure.CpuMeter(pids) as meter:
       start = time.perf_counter()
       losses.append(fit())
       times.append(time.perf_counter() - start)
@@ -148,10 +135,10 @@ def _keras_fit(x: np.ndarray, y: np.ndarray, repetitions: int
       'examples': int(len(y)),
       'warmup_fit_seconds': warmup,
       'warmup_cpu_seconds': dict(warm_cpu.seconds),
-      'fit_seconds_median': common.median(times),
+      'fit_seconds_median': report.median(times),
       'fit_seconds_all': times,
       'cpu_seconds_per_fit_median': {
-          k: common.median([c[k] for c in cpu]) for k in cpu[0]},
+          k: report.median([c[k] for c in cpu]) for k in cpu[0]},
       'loss_by_fit': losses,
   }
 
@@ -169,32 +156,13 @@ def _matmul_reference(n: int, repetitions: int = 10) -> dict[str, Any]:
     matmul(a, b).numpy()
     times.append(time.perf_counter() - start)
   best = min(times)
-  return {'n': n, 'best_seconds': best, 'median_seconds': common.median(times),
+  return {'n': n, 'best_seconds': best, 'median_seconds': report.median(times),
           'best_gflops_per_second': 2 * n**3 / best / 1e9,
           'median_gflops_per_second':
-              2 * n**3 / common.median(times) / 1e9}
+              2 * n**3 / report.median(times) / 1e9}
 
 
-def _interpreter_startup_seconds() -> float | None:
-  """Process start (exec) to the top of this file, from /proc (10 ms ticks).
-
-  Both times are counted from boot, so the integer-second boot time that
-  `psutil.Process().create_time()` adds does not blur the result.
-  """
-  if _SCRIPT_START_UPTIME is None:
-    return None
-  try:
-    with open('/proc/self/stat', encoding='ascii') as f:
-      # Field 22 (starttime, in clock ticks since boot), counted after the
-      # parenthesised command name, which may contain spaces.
-      fields = f.read().rsplit(')', 1)[1].split()
-    start_ticks = int(fields[19])
-  except (OSError, ValueError, IndexError):
-    return None
-  return _SCRIPT_START_UPTIME - start_ticks / os.sysconf('SC_CLK_TCK')
-
-
-def _progress(record: common.RoundRecord, warmup: bool) -> None:
+def _progress(record: workload.RoundRecord, warmup: bool) -> None:
   """One line per round on stderr (also lets a profiler attach after the
   warm-up round)."""
   print(f'round {record.round_num}{" (warm-up)" if warmup else ""}: '
@@ -203,37 +171,37 @@ def _progress(record: common.RoundRecord, warmup: bool) -> None:
 
 def _federated(task: tasks.Task) -> dict[str, Any]:
   """Setup, the warm-up (first) round, then the timed rounds."""
-  config = common.training_config(
+  config = workload.training_config(
       clients_per_round=_CLIENTS_PER_ROUND, client_learning_rate=_CLIENT_LR,
       server_learning_rate=_SERVER_LR, client_batch_size=_BATCH_SIZE,
       client_epochs_per_round=_EPOCHS, seed=_SEED)
   config.validate(num_clients=len(task.train_data.client_ids))
   setup: dict[str, float] = {}
-  env = common.parse_env_assignments(_WORKER_ENV.value)
-  with common.MemorySampler() as memory:
+  env = measure.parse_env_assignments(_WORKER_ENV.value)
+  with measure.MemorySampler() as memory:
     memory.watch('python', os.getpid())
     start = time.perf_counter()
-    with common.environment_overrides(env):
+    with measure.environment_overrides(env):
       runtime = runtime_lib.Runtime(
           max_concurrent_computation_calls=_MAX_CONCURRENT.value)
     setup['worker_start'] = time.perf_counter() - start
     with runtime:
       worker_pid = runtime.local_worker.pid
-      rounds = common.FederatedRounds.start(task, config, runtime, memory,
-                                            setup)
+      rounds = workload.FederatedRounds.start(task, config, runtime,
+                                              memory, setup)
       first = rounds.run_round(1)
       first_round_end = time.perf_counter()
       _progress(first, warmup=True)
       timed = []
-      profile = common.PerfProfile(worker_pid)
+      profile = perf_profile.PerfProfile(worker_pid)
       with (profile if _PROFILE_WORKER.value else contextlib.nullcontext()):
         for round_num in range(2, _ROUNDS.value + 2):
           timed.append(rounds.run_round(round_num))
           _progress(timed[-1], warmup=False)
       memory.sample()
-      worker_peak = common.peak_rss_bytes(worker_pid)
+      worker_peak = measure.peak_rss_bytes(worker_pid)
       worker_threads = psutil.Process(worker_pid).num_threads()
-      python_rss_after_rounds = common.rss_bytes(os.getpid())
+      python_rss_after_rounds = measure.rss_bytes(os.getpid())
   return {
       'config': {'clients_per_round': config.clients_per_round,
                  'client_epochs_per_round': config.client_epochs_per_round,
@@ -251,13 +219,13 @@ def _federated(task: tasks.Task) -> dict[str, Any]:
                       'client_ids': first.client_ids,
                       'num_examples': first.num_examples},
       'first_round_end': first_round_end,
-      'timed': common.round_summary(timed),
+      'timed': workload.round_summary(timed),
       'worker_pid': worker_pid,
       'worker_threads': worker_threads,
       'worker_peak_rss_bytes': worker_peak,
       'worker_sampled_peak_rss_bytes': memory.peaks.get('worker'),
       'python_rss_after_rounds_bytes': python_rss_after_rounds,
-      'python_peak_rss_after_rounds_bytes': common.self_peak_rss_bytes(),
+      'python_peak_rss_after_rounds_bytes': measure.self_peak_rss_bytes(),
       'worker_profile': (
           {'error': profile.error, **profile.summary}
           if _PROFILE_WORKER.value else None),
@@ -271,9 +239,10 @@ def _rate(flop: float, seconds: float) -> float:
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  facts = common.environment_facts()
-  foreign_before = common.foreign_worker_pids()
-  interpreter_startup = _interpreter_startup_seconds()
+  facts = report.environment_facts()
+  foreign_before = measure.foreign_worker_pids()
+  interpreter_startup = measure.interpreter_startup_seconds(
+      _SCRIPT_START_UPTIME)
 
   start = time.perf_counter()
   task = tasks.build_mnist_task(tasks.MnistTaskSpec(
@@ -300,7 +269,7 @@ def main(argv: list[str]) -> None:
 
   matmul = (_matmul_reference(_MATMUL_SIZE.value)
             if _MATMUL_SIZE.value else None)
-  flops = _flops(models.build_cnn(_SEED))
+  flops = workload.train_flops(models.build_cnn(_SEED))
   timed = fed['timed']
   examples = timed['examples_per_round_median']
   round_gflop = flops['train_per_example'] * examples / 1e9
@@ -315,7 +284,7 @@ def main(argv: list[str]) -> None:
           'model_parameters': task.facts['model_parameters']},
       'environment': facts,
       'foreign_tff_workers_at_start': foreign_before,
-      'foreign_tff_workers_at_end': common.foreign_worker_pids(),
+      'foreign_tff_workers_at_end': measure.foreign_worker_pids(),
       'loadavg_at_end': list(os.getloadavg()),
       'interpreter_startup_seconds': interpreter_startup,
       'setup_seconds': setup,
@@ -344,7 +313,7 @@ def main(argv: list[str]) -> None:
       'worker_threads': fed['worker_threads'],
       'worker_profile': fed['worker_profile'],
       'memory': {
-          'python_peak_rss_bytes': common.self_peak_rss_bytes(),
+          'python_peak_rss_bytes': measure.self_peak_rss_bytes(),
           'python_peak_rss_after_rounds_bytes':
               fed['python_peak_rss_after_rounds_bytes'],
           'python_rss_after_rounds_bytes':
@@ -358,7 +327,7 @@ def main(argv: list[str]) -> None:
   leaked = runtime_lib.live_worker_pids()
   print(f'\nTFF workers of this process still running: {leaked or "none"}')
   if _JSON.value:
-    common.write_json(_JSON.value, result)
+    report.write_json(_JSON.value, result)
     print(f'\nwrote {_JSON.value}')
 
 
@@ -368,9 +337,9 @@ def _print(r: dict[str, Any], cores: int) -> None:
   cpu = fed['cpu_seconds_per_round_median']
   keras = r['keras']
   flops = r['flops']
-  s = common.fmt_seconds
+  s = report.fmt_seconds
   w = r['workload']
-  common.print_table('Environment', [
+  report.print_table('Environment', [
       ('date (UTC)', env['date_utc']),
       ('TensorFlow / TFF', f"{env['tensorflow']} / "
                            f"{env['tensorflow_federated']}"),
@@ -399,7 +368,7 @@ def _print(r: dict[str, Any], cores: int) -> None:
                              if w['worker_env'] else '')),
   ])
   st = r['setup_seconds']
-  common.print_table('Time to first round', [
+  report.print_table('Time to first round', [
       ('process start (exec) -> script top',
        s(r['interpreter_startup_seconds'])),
       ('imports (TF, TFF, pipeline)', s(st['imports'])),
@@ -408,7 +377,7 @@ def _print(r: dict[str, Any], cores: int) -> None:
       ('start TFF worker (Runtime())', s(st['worker_start'])),
       ('build learning process', s(st['build_process'])),
       ('process.initialize()', s(st['initialize'])),
-      ('first round (inputs + next)', s(st['first_round'])),
+      ('first round (loop.run_round)', s(st['first_round'])),
       ('   of which client_inputs', s(r['first_round']['inputs_seconds'])),
       ('   of which process.next', s(r['first_round']['next_seconds'])),
       ('', ''),
@@ -444,13 +413,13 @@ def _print(r: dict[str, Any], cores: int) -> None:
         ('RATIO federated round / Keras fit',
          f"{r['ratio_round_over_keras_fit']:.2f}x"),
     ]
-  common.print_table('Federated round vs. centralized Keras', rows)
+  report.print_table('Federated round vs. centralized Keras', rows)
   layer_rows = [(f"  {l['kind']}",
                  f"{l['macs_flops'] / 1e6:9.3f} MFLOP (+{l['bias_flops']:,} "
                  'bias)') for l in flops['layers']]
   gflop = r['train_gflop_per_round']
   check = abs(gflop - r['task_statement_gflop']) / r['task_statement_gflop']
-  common.print_table('FLOPs (analytic)', [
+  report.print_table('FLOPs (analytic)', [
       ('convention', flops['convention']),
       *layer_rows,
       ('forward / example', f"{flops['forward_per_example'] / 1e6:.3f} MFLOP "
@@ -479,17 +448,17 @@ def _print(r: dict[str, Any], cores: int) -> None:
         if r['matmul_reference'] else []),
   ])
   m = r['memory']
-  common.print_table('Memory', [
+  report.print_table('Memory', [
       ('this process: peak RSS (getrusage), whole run',
-       common.fmt_mib(m['python_peak_rss_bytes'])),
+       report.fmt_mib(m['python_peak_rss_bytes'])),
       ('this process: peak RSS before the Keras part',
-       common.fmt_mib(m['python_peak_rss_after_rounds_bytes'])),
+       report.fmt_mib(m['python_peak_rss_after_rounds_bytes'])),
       ('this process: RSS after the rounds',
-       common.fmt_mib(m['python_rss_after_rounds_bytes'])),
+       report.fmt_mib(m['python_rss_after_rounds_bytes'])),
       ('TFF worker: peak RSS (VmHWM)',
-       common.fmt_mib(m['worker_peak_rss_bytes'])),
+       report.fmt_mib(m['worker_peak_rss_bytes'])),
       ('TFF worker: peak of 50 ms samples',
-       common.fmt_mib(m['worker_sampled_peak_rss_bytes'])),
+       report.fmt_mib(m['worker_sampled_peak_rss_bytes'])),
   ])
   profile = r['worker_profile']
   if profile is not None:
@@ -497,12 +466,12 @@ def _print(r: dict[str, Any], cores: int) -> None:
       print(f"\nworker profile: not taken ({profile['error']})")
     else:
       pct = lambda v: f'{v:5.1f}%'
-      common.print_table(
+      report.print_table(
           'Where the TFF worker\'s CPU goes (perf, timed rounds)',
           [(k, pct(v)) for k, v in profile['by_shared_object'].items()]
           + [('', '')]
           + [(k, pct(v)) for k, v in profile['by_kind_of_work'].items()])
-      common.print_table('Top symbols', [
+      report.print_table('Top symbols', [
           (f"{t['symbol'][:90]} ({t['dso']})", pct(t['percent']))
           for t in profile['top_symbols']])
   losses = fed['train_loss_by_round']

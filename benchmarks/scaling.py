@@ -42,7 +42,8 @@ import numpy as np
 # TensorFlow `Layer`").
 import tensorflow as tf  # pylint: disable=unused-import
 
-from benchmarks import common
+from benchmarks import measure
+from benchmarks import report
 
 _MODEL = flags.DEFINE_enum('model', '2nn', ['2nn', 'cnn'],
                            'Model of every setting.')
@@ -83,8 +84,11 @@ _SEED = 0
 def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
   """One setting, in this (fresh) process: setup, warm-up, timed rounds."""
   start = time.perf_counter()
-  from tff_pipeline import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
-  from tff_pipeline import tasks  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from benchmarks import workload
+  from tff_pipeline import runtime as runtime_lib
+  from tff_pipeline import tasks
+  # pylint: enable=g-import-not-at-top
   imports = time.perf_counter() - start
 
   start = time.perf_counter()
@@ -92,8 +96,8 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
       model=_MODEL.value, partition='iid', num_clients=num_clients,
       seed=_SEED))
   data_seconds = time.perf_counter() - start
-  rss_after_data = common.rss_bytes(os.getpid())
-  config = common.training_config(
+  rss_after_data = measure.rss_bytes(os.getpid())
+  config = workload.training_config(
       clients_per_round=clients_per_round,
       client_learning_rate=_CLIENT_LR.value,
       server_learning_rate=_SERVER_LR.value, client_batch_size=10,
@@ -101,7 +105,7 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
   config.validate(num_clients=num_clients)
   sizes = task.train_data.client_sizes()
   setup: dict[str, float] = {}
-  with common.MemorySampler() as memory:
+  with measure.MemorySampler() as memory:
     memory.watch('python', os.getpid())
     start = time.perf_counter()
     with runtime_lib.Runtime(
@@ -109,13 +113,13 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
       setup['worker_start'] = time.perf_counter() - start
       worker_pid = runtime.local_worker.pid
       worker_threads = runtime.local_worker.threads
-      rounds = common.FederatedRounds.start(task, config, runtime, memory,
-                                            setup)
+      rounds = workload.FederatedRounds.start(task, config, runtime,
+                                              memory, setup)
       first = rounds.run_round(1)
       timed = [rounds.run_round(n) for n in range(2, _ROUNDS.value + 2)]
       memory.sample()
-      worker_peak = common.peak_rss_bytes(worker_pid)
-  summary = common.round_summary(timed)
+      worker_peak = measure.peak_rss_bytes(worker_pid)
+  summary = workload.round_summary(timed)
   return {
       'model': _MODEL.value,
       'clients_per_round': clients_per_round,
@@ -130,7 +134,7 @@ def run_setting(clients_per_round: int, num_clients: int) -> dict[str, Any]:
       **summary,
       'seconds_per_client': summary['round_seconds_median']
                             / clients_per_round,
-      'python_peak_rss_bytes': common.self_peak_rss_bytes(),
+      'python_peak_rss_bytes': measure.self_peak_rss_bytes(),
       'python_rss_after_data_bytes': rss_after_data,
       'python_sampled_peak_rss_bytes': memory.peaks.get('python'),
       'worker_peak_rss_bytes': worker_peak,
@@ -183,9 +187,9 @@ def _row(r: dict[str, Any]) -> list[str]:
       f"{r['steps_per_round_median']:.0f}",
       f"{r['round_seconds_median'] / r['steps_per_round_median'] * 1000:.2f}",
       f"{cpu['python']:.2f}", f"{cpu['worker']:.2f}", f"{cpu['others']:.2f}",
-      common.fmt_mib(r['python_peak_rss_bytes']),
-      common.fmt_mib(r['python_sampled_peak_rss_bytes']),
-      common.fmt_mib(r['worker_peak_rss_bytes']),
+      report.fmt_mib(r['python_peak_rss_bytes']),
+      report.fmt_mib(r['python_sampled_peak_rss_bytes']),
+      report.fmt_mib(r['worker_peak_rss_bytes']),
   ]
 
 
@@ -208,8 +212,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def drive() -> dict[str, Any]:
   """Runs every setting in its own subprocess; prints the tables."""
-  facts = common.environment_facts()
-  foreign = common.foreign_worker_pids()
+  facts = report.environment_facts()
+  foreign = measure.foreign_worker_pids()
   cpr_values = [int(v) for v in _CLIENTS_PER_ROUND.value]
   total_values = [int(v) for v in _NUM_CLIENTS.value]
   settings = [(c, _CLIENTS_PER_ROUND_TOTAL.value) for c in cpr_values]
@@ -224,7 +228,7 @@ def drive() -> dict[str, Any]:
 
   sweep1 = [results[(c, _CLIENTS_PER_ROUND_TOTAL.value)] for c in cpr_values]
   sweep2 = [results[(_NUM_CLIENTS_PER_ROUND.value, n)] for n in total_values]
-  common.print_table('Environment', [
+  report.print_table('Environment', [
       ('date (UTC)', facts['date_utc']),
       ('TensorFlow / TFF', f"{facts['tensorflow']} / "
                            f"{facts['tensorflow_federated']}"),
@@ -251,10 +255,10 @@ def drive() -> dict[str, Any]:
         'process\'s peak RSS over its life (getrusage), py rounds = its '
         'largest RSS sampled from worker start to the last round; worker '
         'peak = the worker\'s VmHWM')
-  common.print_grid(
+  report.print_grid(
       f'Sweep 1: clients per round, {_CLIENTS_PER_ROUND_TOTAL.value} clients',
       _HEADER, [_row(r) for r in sweep1])
-  common.print_grid(
+  report.print_grid(
       f'Sweep 2: total clients, {_NUM_CLIENTS_PER_ROUND.value} clients/round',
       _HEADER, [_row(r) for r in sweep2])
 
@@ -290,15 +294,15 @@ def drive() -> dict[str, Any]:
     growth_rows.append((
         f"  {prev['clients_per_round']} -> {cur['clients_per_round']}",
         _ratio(cur['round_seconds_median'], prev['round_seconds_median'])))
-  common.print_table('Round time vs clients per round', growth_rows)
+  report.print_table('Round time vs clients per round', growth_rows)
 
   small, large = sweep2[0], sweep2[-1]
 
-  def compare(key: str, fmt: Any = common.fmt_mib) -> str:
+  def compare(key: str, fmt: Any = report.fmt_mib) -> str:
     return (f'{fmt(large[key])} vs {fmt(small[key])} = '
             f'{_ratio(large[key], small[key])}')
 
-  common.print_table(
+  report.print_table(
       f"{large['num_clients']} clients vs {small['num_clients']} "
       f"({_NUM_CLIENTS_PER_ROUND.value} clients/round)", [
           ('python peak RSS, whole process life',
@@ -308,11 +312,11 @@ def drive() -> dict[str, Any]:
            compare('python_sampled_peak_rss_bytes')),
           ('worker peak RSS (VmHWM)', compare('worker_peak_rss_bytes')),
           ('round time, median',
-           compare('round_seconds_median', common.fmt_seconds)),
+           compare('round_seconds_median', report.fmt_seconds)),
           ('data load + task build', compare('data_seconds',
-                                             common.fmt_seconds)),
+                                             report.fmt_seconds)),
       ])
-  common.print_grid(
+  report.print_grid(
       'Setup per setting (seconds)',
       ['clients/round', 'clients', 'data+task', 'worker start', 'build',
        'initialize', 'first round'],
@@ -347,11 +351,11 @@ def main(argv: list[str]) -> None:
     cpr, total = (int(v) for v in _SETTING.value.split(','))
     if not _RESULT_JSON.value:
       raise app.UsageError('--setting needs --result_json')
-    common.write_json(_RESULT_JSON.value, run_setting(cpr, total))
+    report.write_json(_RESULT_JSON.value, run_setting(cpr, total))
     return
   result = drive()
   if _JSON.value:
-    common.write_json(_JSON.value, result)
+    report.write_json(_JSON.value, result)
     print(f'\nwrote {_JSON.value}')
 
 

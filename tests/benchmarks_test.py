@@ -11,10 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
-from benchmarks import common
+from benchmarks import measure
+from benchmarks import perf_profile
+from benchmarks import workload
 from tests import helpers
 from tff_pipeline import models
 
@@ -26,7 +30,7 @@ def test_cnn_forward_flops_match_the_hand_count():
               2 * 5 * 5 * 32 * 64 * 14 * 14,
               2 * 3136 * 512,
               2 * 512 * 10]
-  rows = common.layer_forward_flops(models.build_cnn(0))
+  rows = workload.layer_forward_flops(models.build_cnn(0))
   assert [r['macs_flops'] for r in rows] == expected
   assert [r['bias_flops'] for r in rows] == [28 * 28 * 32, 14 * 14 * 64,
                                              512, 10]
@@ -35,7 +39,7 @@ def test_cnn_forward_flops_match_the_hand_count():
 
 
 def test_2nn_forward_flops_match_the_hand_count():
-  rows = common.layer_forward_flops(models.build_2nn(0))
+  rows = workload.layer_forward_flops(models.build_2nn(0))
   assert [r['macs_flops'] for r in rows] == [2 * 784 * 200, 2 * 200 * 200,
                                              2 * 200 * 10]
 
@@ -51,7 +55,7 @@ _REPORT = """\
 
 
 def test_perf_report_summary_groups_samples():
-  summary = common.PerfProfile(pid=0, top=3)._summarize(_REPORT)
+  summary = perf_profile.PerfProfile(pid=0, top=3)._summarize(_REPORT)
   assert summary['samples_percent_parsed'] == pytest.approx(55.7)
   by_dso = summary['by_shared_object']
   assert by_dso['[JIT]'] == pytest.approx(35.9)
@@ -68,10 +72,20 @@ def test_perf_report_summary_groups_samples():
 
 def test_perf_profile_reports_why_it_could_not_run(monkeypatch):
   monkeypatch.setenv('PATH', '/nonexistent')
-  with common.PerfProfile(pid=os.getpid()) as profile:
+  with perf_profile.PerfProfile(pid=os.getpid()) as profile:
     pass
   assert profile.error and 'perf' in profile.error
   assert profile.summary == {}
+
+
+def test_interpreter_startup_is_the_process_age_at_the_reading():
+  with open('/proc/uptime', encoding='ascii') as f:
+    uptime = float(f.read().split()[0])
+  now = time.time()
+  age = measure.interpreter_startup_seconds(uptime)
+  # psutil's start time is rounded by the integer-second boot time.
+  assert age == pytest.approx(now - psutil.Process().create_time(), abs=1.5)
+  assert measure.interpreter_startup_seconds(None) is None
 
 
 def _run_benchmark(module, *args, tmp_path):

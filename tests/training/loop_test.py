@@ -74,6 +74,49 @@ def test_one_full_batch_local_step_is_gradient_descent(
     assert row['eval/loss'] == pytest.approx(expected_loss, rel=1e-5)
 
 
+def test_run_round_is_the_process_call_it_wraps(task, algorithm, tmp_path,
+                                                tff_runtime):
+  """One round by hand (sample, client data, `next`) gives the same state,
+  weights and row, bitwise, as `run_round`."""
+  del tff_runtime
+  # Sampling and shuffling matter: 3 of 5 clients, batches of 4, 2 epochs.
+  config = _config(tmp_path, clients_per_round=3, client_batch_size=4,
+                   client_epochs_per_round=2)
+  state = algorithm.process.initialize()
+  result = loop.run_round(task, config, algorithm, state, round_num=2)
+
+  sampled = loop.client_sampler(task, config)(2, 3)
+  inputs, stats = loop.client_inputs(task, config, algorithm, 2, sampled)
+  output = algorithm.process.next(state, inputs)
+  expected = list(output.state.global_model_weights.trainable)
+
+  assert result.client_ids == sampled
+  assert result.finite
+  assert len(result.weights) == len(expected)
+  for got, want in zip(result.weights, expected):
+    np.testing.assert_array_equal(got, want)
+  for got, want in zip(result.state.global_model_weights.trainable, expected):
+    np.testing.assert_array_equal(got, want)
+  assert result.row == {**loop.flatten_metrics(output.metrics), **stats}
+  # Every client's budget is its full E epochs of ceil(n_i / B) batches.
+  assert result.row['compute/mean_local_steps'] == pytest.approx(np.mean(
+      [2 * task.steps_per_epoch(c, 4) for c in sampled]))
+  assert 0 < result.inputs_seconds < result.seconds
+  assert 0 < result.next_seconds < result.seconds
+
+
+def test_run_round_reports_a_non_finite_model(task, algorithm, tmp_path,
+                                              tff_runtime):
+  del tff_runtime
+  process = _PoisonedProcess(algorithm.process)
+  process.rounds = 2  # The next call is the poisoned third.
+  poisoned = dataclasses.replace(algorithm, process=process)
+  result = loop.run_round(task, _config(tmp_path), poisoned,
+                          algorithm.process.initialize(), round_num=1)
+  assert not result.finite
+  assert np.isnan(result.weights[0]).all()
+
+
 def test_outputs_follow_the_contract(task, algorithm, tmp_path, tff_runtime):
   config = _config(tmp_path, total_rounds=3, rounds_per_eval=2)
   result = loop.run_federated(task, config, algorithm=algorithm,

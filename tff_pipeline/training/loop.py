@@ -9,6 +9,8 @@ Every binary and the notebooks call `run_federated`. Each round:
    (seed, round, client).
 3. Run the learning process's `next`; stop with a clear error if the new
    global model is not finite (the last good checkpoint stays intact).
+   Steps 1 to 3 are one call of `run_round` (the loop raises the error);
+   the benchmarks time the same function.
 4. Every `rounds_per_eval` rounds (and at the end), evaluate the global
    model centrally.
 5. Release the round's metrics to the CSV and TensorBoard managers of
@@ -42,9 +44,9 @@ from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.training import checkpoints as checkpoints_lib
-from tff_pipeline.training import aio
 from tff_pipeline.training import outputs as outputs_lib
 from tff_pipeline.training import plots
+from tff_pipeline.training import recorder as recorder_lib
 
 # Separates the shuffling stream from the other streams derived from --seed.
 _SHUFFLE_STREAM = 0x5348_5546
@@ -152,44 +154,75 @@ def _is_finite(weights: Sequence[np.ndarray]) -> bool:
   return all(np.all(np.isfinite(w)) for w in weights)
 
 
-class _Recorder:
-  """Keeps the history, and writes CSV, TensorBoard and summary files."""
+@dataclasses.dataclass
+class RoundResult:
+  """One round, as `run_round` ran it.
 
-  def __init__(self, paths: outputs_lib.OutputPaths, start_round: int):
-    self.paths = paths
-    self.history = outputs_lib.read_metrics_csv(paths.metrics_csv, start_round)
-    self._csv = tff.program.CSVFileReleaseManager(
-        paths.metrics_csv,
-        save_mode=tff.program.CSVSaveMode.WRITE,
-        key_fieldname='round_num',
-    )
-    self._tensorboard = tff.program.TensorBoardReleaseManager(paths.logdir)
+  Attributes:
+    client_ids: The sampled clients, in sampling order.
+    state: The learning process's state after the round.
+    weights: Trainable weights of the new global model (Keras order).
+    row: The process's metrics, flattened (`flatten_metrics`), then the
+      clients' compute statistics (`client_inputs`).
+    finite: Whether the new global model is finite and the finalizer applied
+      the update (TFF's finalizer refuses a non-finite aggregate and keeps
+      the old model; either way the round failed).
+    inputs_seconds: Sampling and building the client datasets.
+    next_seconds: `process.next` and reading the new global weights.
+    seconds: The whole round, from sampling to the finiteness check.
+  """
 
-  def release(self, round_num: int, row: dict[str, float]) -> None:
-    self.history.append({'round_num': float(round_num), **row})
-
-    async def release_all():
-      await self._csv.release(row, key=round_num)
-      # TensorBoard scalars are float32; huge float64 values become inf
-      # instead of failing the conversion.
-      with np.errstate(over='ignore'):
-        scalars = {k: np.float32(v) for k, v in row.items()}
-      await self._tensorboard.release(scalars, key=round_num)
-
-    aio.run_sync(release_all())
+  client_ids: list[str]
+  state: Any
+  weights: list[np.ndarray]
+  row: dict[str, float]
+  finite: bool
+  inputs_seconds: float
+  next_seconds: float
+  seconds: float
 
 
-def _eval_history(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-  """summary fields `final_eval_<m>` and `eval_<m>_by_round` from history."""
-  fields: dict[str, Any] = {}
-  for row in history:
-    for key, value in row.items():
-      if key.startswith('eval/'):
-        name = key[len('eval/'):]
-        by_round = fields.setdefault(f'eval_{name}_by_round', {})
-        by_round[str(int(row['round_num']))] = value
-        fields[f'final_eval_{name}'] = value
-  return fields
+def run_round(
+    task: tasks_lib.Task,
+    config: config_lib.TrainingConfig,
+    algorithm: algorithms.Algorithm,
+    state: Any,
+    round_num: int,
+) -> RoundResult:
+  """Runs round `round_num` of training from `state`.
+
+  Samples `config.clients_per_round` clients (`client_sampler`), builds
+  their data (`client_inputs`), runs `algorithm.process.next` and reads the
+  new global model. `run_federated` runs every round with this function, and
+  the benchmarks time it, so they time what training runs.
+
+  Args:
+    task: Model, client data and evaluation.
+    config: Sampling, local work and seed of the run.
+    algorithm: The learning process for `task` and `config`.
+    state: The process's state before the round.
+    round_num: 1-based; sampling and shuffling depend on it.
+
+  Returns:
+    A `RoundResult`; the caller decides what a non-finite round means.
+  """
+  start = time.perf_counter()
+  client_ids = list(client_sampler(task, config)(round_num,
+                                                 config.clients_per_round))
+  inputs, compute_stats = client_inputs(task, config, algorithm, round_num,
+                                        client_ids)
+  built = time.perf_counter()
+  output = algorithm.process.next(state, inputs)
+  weights = list(output.state.global_model_weights.trainable)
+  fetched = time.perf_counter()
+  row = flatten_metrics(output.metrics)
+  finite = (_is_finite(weights)
+            and not row.get('finalizer/update_non_finite', 0) > 0)
+  row.update(compute_stats)
+  return RoundResult(
+      client_ids=client_ids, state=output.state, weights=weights, row=row,
+      finite=finite, inputs_seconds=built - start,
+      next_seconds=fetched - built, seconds=time.perf_counter() - start)
 
 
 def prepare_outputs(
@@ -291,15 +324,13 @@ def _train(
   setup_start = time.perf_counter()
   if algorithm is None:
     algorithm = build_algorithm(task, config)
-  process = algorithm.process
-  initial_state = process.initialize()
+  initial_state = algorithm.process.initialize()
   state, start_round = checkpoints.load_latest(initial_state)
   if state is None:
     state = initial_state
-  recorder = _Recorder(paths, start_round)
+  recorder = recorder_lib.Recorder(paths, start_round)
   setup_seconds = time.perf_counter() - setup_start
 
-  sample = client_sampler(task, config)
   weights = list(state.global_model_weights.trainable)
   per_client = communication.payload(
       [w.size for w in weights],
@@ -333,7 +364,7 @@ def _train(
         'status': status,
         'rounds_completed': round_num,
         'round_seconds': [row.get('round_seconds') for row in history],
-        **_eval_history(history),
+        **recorder_lib.eval_history(history),
         **task.summary_extras(weights),
     }
     if history:
@@ -344,7 +375,6 @@ def _train(
     return summary
 
   last_saved = start_round
-  round_num = start_round
   bar = tqdm.tqdm(
       total=config.total_rounds, initial=start_round, unit='round',
       desc=config.experiment_name, file=sys.stderr, disable=not progress,
@@ -354,30 +384,14 @@ def _train(
   try:
     for round_num in range(start_round + 1, config.total_rounds + 1):
       round_start = time.perf_counter()
-      sampled = sample(round_num, config.clients_per_round)
-      inputs, compute_stats = client_inputs(task, config, algorithm,
-                                            round_num, sampled)
-      output = process.next(state, inputs)
-      new_weights = list(output.state.global_model_weights.trainable)
-      row = flatten_metrics(output.metrics)
-      # TFF's finalizer refuses a non-finite aggregate and keeps the old
-      # model; either way the round failed and must not pass silently.
-      if (not _is_finite(new_weights)
-          or row.get('finalizer/update_non_finite', 0) > 0):
-        kept = (f'the last good checkpoint (round {last_saved}) is intact'
-                if last_saved else 'no checkpoint had been written yet')
-        raise errors.TrainingError(
-            f'round {round_num} produced a non-finite model update (NaN or '
-            f'inf); stopped, {kept}. Lower the learning rates, or use a '
-            'robust option (--aggregator=median|trimmed_mean|compensated, '
-            '--clip_norm, --zeroing)'
-        )
-      state, weights = output.state, new_weights
-      row.update(compute_stats)
+      result = run_round(task, config, algorithm, state, round_num)
+      if not result.finite:
+        raise _non_finite_error(round_num, last_saved)
+      state, weights, row = result.state, result.weights, result.row
       row['communication/bytes_broadcast'] = float(
-          per_client.broadcast_bytes * len(sampled))
+          per_client.broadcast_bytes * len(result.client_ids))
       row['communication/bytes_uploaded'] = float(
-          per_client.upload_bytes * len(sampled))
+          per_client.upload_bytes * len(result.client_ids))
       if epsilons:
         row['privacy/epsilon'] = epsilons[round_num - 1]
       row['round_seconds'] = time.perf_counter() - round_start
@@ -397,32 +411,38 @@ def _train(
       bar.update(1)
     status = 'completed'
   except errors.RuntimeUnavailableError as e:
-    completed = int(recorder.history[-1]['round_num']) if recorder.history \
-        else start_round
     raise errors.RuntimeUnavailableError(
-        f'{e}. Rounds 1..{completed} finished; the latest checkpoint is round '
-        f'{last_saved}. Restart the worker and run the same command again to '
-        'resume.') from None
+        f'{e}. Rounds 1..{recorder.last_round} finished; the latest '
+        f'checkpoint is round {last_saved}. Restart the worker and run the '
+        'same command again to resume.') from None
   except errors.Interrupted as e:
     status = 'interrupted'
-    completed = int(recorder.history[-1]['round_num']) if recorder.history \
-        else start_round
-    if completed > last_saved:
-      checkpoints.save(state, completed)
-      last_saved = completed
+    if recorder.last_round > last_saved:
+      checkpoints.save(state, recorder.last_round)
+      last_saved = recorder.last_round
     raise errors.Interrupted(
-        f'{e}; rounds 1..{completed} are saved (checkpoint round '
+        f'{e}; rounds 1..{recorder.last_round} are saved (checkpoint round '
         f'{last_saved}). Run the same command again to resume.'
     ) from None
   finally:
     bar.close()
-    completed = int(recorder.history[-1]['round_num']) if recorder.history \
-        else start_round
-    summary = write_summary(status, completed)
+    summary = write_summary(status, recorder.last_round)
     if recorder.history:
       plots.plot_history(recorder.history, paths.result, config.experiment_name)
   outputs_lib.atomic_save_npz(paths.weights_npz, weights)
   return RunResult(recorder.history, weights, summary, paths)
+
+
+def _non_finite_error(round_num: int, last_saved: int) -> errors.TrainingError:
+  """The error that stops a run whose round `round_num` was not finite."""
+  kept = (f'the last good checkpoint (round {last_saved}) is intact'
+          if last_saved else 'no checkpoint had been written yet')
+  return errors.TrainingError(
+      f'round {round_num} produced a non-finite model update (NaN or '
+      f'inf); stopped, {kept}. Lower the learning rates, or use a '
+      'robust option (--aggregator=median|trimmed_mean|compensated, '
+      '--clip_norm, --zeroing)'
+  )
 
 
 def _privacy_accounting(

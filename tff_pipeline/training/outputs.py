@@ -35,7 +35,12 @@ from tff_pipeline import errors
 
 @dataclasses.dataclass(frozen=True)
 class OutputPaths:
-  """Where one experiment writes. Build it with `OutputPaths.for_run`."""
+  """Where one experiment writes.
+
+  `OutputPaths(root_output_dir, experiment_name)` only names the paths;
+  `create()` makes the directories (the training loop calls it through
+  `loop.prepare_outputs`).
+  """
 
   root_output_dir: str
   experiment_name: str
