@@ -1,4 +1,5 @@
-"""Shared fixtures: one TFF runtime per test session, and leak checks."""
+"""Shared fixtures: one TFF runtime per test session, leak checks, and the
+fuzz tests' pickle marker."""
 
 import os
 
@@ -7,6 +8,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest
 
+from tests import fuzzing
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline.data import mnist as mnist_lib
 
@@ -27,3 +29,15 @@ def tff_runtime():
 @pytest.fixture(scope='session')
 def mnist_arrays():
   return mnist_lib.load_mnist()
+
+
+@pytest.fixture(scope='module')
+def pickle_marker():
+  """Fails the module if any pickle ran a global (see `fuzzing.MARKER`)."""
+  if os.path.exists(fuzzing.MARKER):
+    os.remove(fuzzing.MARKER)
+  yield
+  executed = os.path.exists(fuzzing.MARKER)
+  if executed:
+    os.remove(fuzzing.MARKER)
+  assert not executed, 'a pickle executed a forbidden global'
