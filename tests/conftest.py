@@ -1,5 +1,5 @@
-"""Shared fixtures: one TFF runtime per test session, leak checks, and the
-fuzz tests' pickle marker."""
+"""Shared fixtures: one TFF runtime per test session, leak checks, the
+regression task of a module's `SPEC`, and the fuzz tests' pickle marker."""
 
 import os
 
@@ -10,7 +10,9 @@ import pytest
 
 from tests import fuzzing
 from tff_pipeline import runtime as runtime_lib
+from tff_pipeline import tasks
 from tff_pipeline.data import mnist as mnist_lib
+from tff_pipeline.data import regression
 
 
 @pytest.fixture(scope='session')
@@ -29,6 +31,18 @@ def tff_runtime():
 @pytest.fixture(scope='session')
 def mnist_arrays():
   return mnist_lib.load_mnist()
+
+
+@pytest.fixture(scope='module')
+def shards(request):
+  """Regression shards of the test module's `SPEC` (a `RegressionSpec`)."""
+  return regression.make_regression_shards(request.module.SPEC)
+
+
+@pytest.fixture(scope='module')
+def task(shards):  # pylint: disable=redefined-outer-name
+  """The regression task on `shards`."""
+  return tasks.build_regression_task(shards)
 
 
 @pytest.fixture(scope='module')
