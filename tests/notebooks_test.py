@@ -60,16 +60,7 @@ def kernel_dir(tmp_path_factory):
 
 def _kernel_workers(marker: str) -> set[int]:
   """Running worker_binary processes whose environment carries `marker`."""
-  pids = set()
-  needle = f'{MARKER_VARIABLE}={marker}'.encode()
-  for pid in helpers.worker_binary_pids():
-    try:
-      with open(f'/proc/{pid}/environ', 'rb') as f:
-        if needle in f.read().split(b'\0'):
-          pids.add(pid)
-    except OSError:
-      continue
-  return pids
+  return helpers.worker_pids_with_env(MARKER_VARIABLE, marker)
 
 
 def _wait_for_no_workers(marker: str, timeout: float) -> set[int]:
