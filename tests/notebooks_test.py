@@ -72,7 +72,11 @@ def _wait_for_no_workers(marker: str, timeout: float) -> set[int]:
     time.sleep(0.2)
 
 
-@pytest.mark.parametrize('name', NOTEBOOKS)
+# The lessons notebook takes about twice the MNIST one; its lessons run in
+# the default suite through lessons_test.py, the notebook in `make test-slow`.
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name == 'regression_lessons.ipynb' else name for name in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(name, kernel_dir, tmp_path):
   path = os.path.join(NOTEBOOK_DIR, name)
   notebook = nbformat.read(path, as_version=4)
