@@ -1,4 +1,5 @@
-"""Shared fixtures: one TFF runtime per test session, and leak checks."""
+"""Shared fixtures: one TFF runtime per test session, leak checks, the
+regression task of a module's `SPEC`, and the fuzz tests' pickle marker."""
 
 import os
 
@@ -7,8 +8,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest
 
+from tests import fuzzing
 from tff_pipeline import runtime as runtime_lib
+from tff_pipeline import tasks
 from tff_pipeline.data import mnist as mnist_lib
+from tff_pipeline.data import regression
 
 
 @pytest.fixture(scope='session')
@@ -27,3 +31,27 @@ def tff_runtime():
 @pytest.fixture(scope='session')
 def mnist_arrays():
   return mnist_lib.load_mnist()
+
+
+@pytest.fixture(scope='module')
+def shards(request):
+  """Regression shards of the test module's `SPEC` (a `RegressionSpec`)."""
+  return regression.make_regression_shards(request.module.SPEC)
+
+
+@pytest.fixture(scope='module')
+def task(shards):  # pylint: disable=redefined-outer-name
+  """The regression task on `shards`."""
+  return tasks.build_regression_task(shards)
+
+
+@pytest.fixture(scope='module')
+def pickle_marker():
+  """Fails the module if any pickle ran a global (see `fuzzing.MARKER`)."""
+  if os.path.exists(fuzzing.MARKER):
+    os.remove(fuzzing.MARKER)
+  yield
+  executed = os.path.exists(fuzzing.MARKER)
+  if executed:
+    os.remove(fuzzing.MARKER)
+  assert not executed, 'a pickle executed a forbidden global'

@@ -60,16 +60,7 @@ def kernel_dir(tmp_path_factory):
 
 def _kernel_workers(marker: str) -> set[int]:
   """Running worker_binary processes whose environment carries `marker`."""
-  pids = set()
-  needle = f'{MARKER_VARIABLE}={marker}'.encode()
-  for pid in helpers.worker_binary_pids():
-    try:
-      with open(f'/proc/{pid}/environ', 'rb') as f:
-        if needle in f.read().split(b'\0'):
-          pids.add(pid)
-    except OSError:
-      continue
-  return pids
+  return helpers.worker_pids_with_env(MARKER_VARIABLE, marker)
 
 
 def _wait_for_no_workers(marker: str, timeout: float) -> set[int]:
@@ -81,7 +72,11 @@ def _wait_for_no_workers(marker: str, timeout: float) -> set[int]:
     time.sleep(0.2)
 
 
-@pytest.mark.parametrize('name', NOTEBOOKS)
+# The lessons notebook takes about twice the MNIST one; its lessons run in
+# the default suite through lessons_test.py, the notebook in `make test-slow`.
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name == 'regression_lessons.ipynb' else name for name in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(name, kernel_dir, tmp_path):
   path = os.path.join(NOTEBOOK_DIR, name)
   notebook = nbformat.read(path, as_version=4)

@@ -22,16 +22,6 @@ SPEC = regression.RegressionSpec(num_clients=6, examples_per_client=25,
                                  seed=11)
 
 
-@pytest.fixture(scope='module')
-def shards():
-  return regression.make_regression_shards(SPEC)
-
-
-@pytest.fixture(scope='module')
-def task(shards):
-  return tasks.build_regression_task(shards)
-
-
 def _config(tmp_path, name, **changes):
   base = config_lib.TrainingConfig(
       experiment_name=name, root_output_dir=str(tmp_path), total_rounds=5,

@@ -1,11 +1,9 @@
 """Every --algorithm, --server_optimizer and --aggregator value, and the
-documented compositions, run 2 rounds end to end through the MNIST binary."""
+documented compositions, run 2 rounds end to end through the MNIST binary
+(the default suite runs one combination per flag group, `make test-slow` all)."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -56,28 +54,32 @@ COMBINATIONS = {
 }
 
 
+# Each flag group above is exercised by the default suite through one of
+# these; `make test-slow` runs the rest (defaults, further optimizers,
+# aggregators and compositions that aggregators_test.py and
+# algorithms_test.py already check in-process against references).
+DEFAULT_SUITE = ('fedprox', 'fedsgd', 'server_adam', 'client_adam',
+                 'compensated', 'median_zeroing_faults', 'dp_adaptive',
+                 'compensated_secure', 'compression')
+
+
 @pytest.fixture(scope='module')
-def outcomes(tmp_path_factory):
-  root = tmp_path_factory.mktemp('combinations')
-  runs = [[f'--experiment_name={name}', f'--root_output_dir={root}', *TINY,
-           *args] for name, args in COMBINATIONS.items()]
+def root(tmp_path_factory):
+  return tmp_path_factory.mktemp('combinations')
+
+
+@pytest.mark.parametrize('name', [
+    name if name in DEFAULT_SUITE else pytest.param(name,
+                                                    marks=pytest.mark.slow)
+    for name in COMBINATIONS])
+def test_combination_runs_two_rounds(root, name):
+  """Runs in one process with the others (one TensorFlow import)."""
   before = helpers.worker_binary_pids()
-  done = subprocess.run(
-      [sys.executable, '-m', 'tests.experiments.combination_driver'],
-      input=json.dumps(runs), cwd=helpers.REPO_ROOT, capture_output=True,
-      text=True, timeout=1200, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  assert done.returncode == 0, done.stderr[-3000:]
+  done = helpers.run_binary_in_process(
+      'experiments.train_mnist', f'--experiment_name={name}',
+      f'--root_output_dir={root}', *TINY, *COMBINATIONS[name])
   assert not helpers.leaked_worker_pids(before)
-  results = [json.loads(line) for line in done.stdout.splitlines()
-             if line.startswith('{')]
-  return root, {name: outcome for name, outcome in zip(COMBINATIONS, results)}
-
-
-@pytest.mark.parametrize('name', list(COMBINATIONS))
-def test_combination_runs_two_rounds(outcomes, name):
-  root, results = outcomes
-  outcome = results[name]
-  assert outcome['ok'], outcome.get('error')
+  assert done.returncode == 0, done.stderr[-3000:]
   results_dir = root / 'results' / name
   with open(results_dir / 'experiment.metrics.csv') as f:
     rows = list(csv.DictReader(f))

@@ -61,8 +61,9 @@ def test_smoke_two_rounds(tmp_path):
 ])
 def test_bad_input_gets_one_line(tmp_path, args, message):
   before = helpers.worker_binary_pids()
-  done = helpers.run_binary(MODULE, '--experiment_name=bad',
-                            f'--root_output_dir={tmp_path}', *TINY, *args)
+  done = helpers.run_binary_in_process(
+      MODULE, '--experiment_name=bad', f'--root_output_dir={tmp_path}', *TINY,
+      *args)
   assert done.returncode != 0
   errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and message in errors[0], done.stderr
@@ -73,15 +74,15 @@ def test_bad_input_gets_one_line(tmp_path, args, message):
 def test_corrupt_mnist_file_and_unwritable_output(tmp_path):
   corrupt = tmp_path / 'mnist.npz'
   corrupt.write_bytes(b'not a zip file at all')
-  done = helpers.run_binary(MODULE, '--experiment_name=bad',
-                            f'--root_output_dir={tmp_path}', *TINY,
-                            f'--mnist_path={corrupt}')
+  done = helpers.run_binary_in_process(
+      MODULE, '--experiment_name=bad', f'--root_output_dir={tmp_path}', *TINY,
+      f'--mnist_path={corrupt}')
   assert done.returncode == 2
   assert f'error: --mnist_path={corrupt}: not a readable .npz' in done.stderr
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
-  done = helpers.run_binary(MODULE, '--experiment_name=bad',
-                            f'--root_output_dir={blocker}', *TINY)
+  done = helpers.run_binary_in_process(
+      MODULE, '--experiment_name=bad', f'--root_output_dir={blocker}', *TINY)
   assert done.returncode == 2
   assert f'error: --root_output_dir={blocker}: cannot write' in done.stderr
   assert 'Traceback' not in done.stderr
@@ -123,18 +124,13 @@ def test_signal_saves_progress_stops_worker_and_resume_finishes(
     assert json.loads(summary_path.read_text())['status'] == 'interrupted'
   checkpoints = os.listdir(tmp_path / 'checkpoints' / 'sig')
   assert f'round_{completed}' in checkpoints
-  resumed = helpers.run_binary(MODULE, *args)
+  resumed = helpers.run_binary_in_process(MODULE, *args)
   assert resumed.returncode == 0, resumed.stderr
   summary = json.loads(summary_path.read_text())
   assert summary['resumed_from_round'] == completed
   assert summary['rounds_completed'] == 3
   with open(tmp_path / 'results' / 'sig' / 'experiment.metrics.csv') as f:
     assert [r['round_num'] for r in csv.DictReader(f)] == ['1', '2', '3']
-
-
-def _final_weights(root, name):
-  with np.load(root / 'results' / name / 'final_weights.npz') as saved:
-    return [saved[k] for k in saved.files]
 
 
 def _last_row(root, name):
@@ -150,8 +146,8 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
   args = ['--experiment_name=kill', '--model=2nn', '--num_clients=100',
           '--clients_per_round=10', '--client_epochs_per_round=2',
           '--total_rounds=6', '--rounds_per_checkpoint=3', '--progress=false']
-  straight = helpers.run_binary(MODULE, *args,
-                                f'--root_output_dir={tmp_path / "straight"}')
+  straight = helpers.run_binary_in_process(
+      MODULE, *args, f'--root_output_dir={tmp_path / "straight"}')
   assert straight.returncode == 0, straight.stderr
 
   root = tmp_path / 'killed'
@@ -177,12 +173,13 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
   summary = json.loads(summary_path.read_text())
   assert 3 <= summary['rounds_completed'] < 6
 
-  resumed = helpers.run_binary(MODULE, *args, f'--root_output_dir={root}')
+  resumed = helpers.run_binary_in_process(MODULE, *args,
+                                         f'--root_output_dir={root}')
   assert resumed.returncode == 0, resumed.stderr
   summary = json.loads((root / 'results' / 'kill' / 'summary.json').read_text())
   assert summary['resumed_from_round'] == 3
-  for a, b in zip(_final_weights(tmp_path / 'straight', 'kill'),
-                  _final_weights(root, 'kill')):
+  for a, b in zip(helpers.final_weights(tmp_path / 'straight', 'kill'),
+                  helpers.final_weights(root, 'kill')):
     np.testing.assert_allclose(a, b, atol=1e-6)
   rows, last = _last_row(root, 'kill')
   assert [r['round_num'] for r in rows] == ['1', '2', '3', '4', '5', '6']

@@ -54,29 +54,27 @@ def two_workers():
       lambda: not helpers.leaked_worker_pids(before), timeout=10)
 
 
-def _weights(root):
-  with np.load(root / 'results' / 'remote' / 'final_weights.npz') as saved:
-    return [saved[k] for k in saved.files]
-
-
 def test_two_workers_give_the_local_model(tmp_path, two_workers):
   addresses = ','.join(w.address for w in two_workers)
-  remote = helpers.run_binary('experiments.train_mnist', *MNIST_ARGS,
-                              f'--root_output_dir={tmp_path / "remote"}',
-                              f'--workers={addresses}')
+  remote = helpers.run_binary_in_process(
+      'experiments.train_mnist', *MNIST_ARGS,
+      f'--root_output_dir={tmp_path / "remote"}', f'--workers={addresses}')
   assert remote.returncode == 0, remote.stderr
-  local = helpers.run_binary('experiments.train_mnist', *MNIST_ARGS,
-                             f'--root_output_dir={tmp_path / "local"}')
+  local = helpers.run_binary_in_process(
+      'experiments.train_mnist', *MNIST_ARGS,
+      f'--root_output_dir={tmp_path / "local"}')
   assert local.returncode == 0, local.stderr
-  for a, b in zip(_weights(tmp_path / 'remote'), _weights(tmp_path / 'local')):
+  for a, b in zip(helpers.final_weights(tmp_path / 'remote', 'remote'),
+                  helpers.final_weights(tmp_path / 'local', 'remote')):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
   root = tmp_path / 'run'
   addresses = ','.join(w.address for w in two_workers)
+  # 2 clients of 15000 images a round: a round takes a few seconds.
   args = [*MNIST_ARGS, '--num_clients=4', '--clients_per_round=2',
-          '--client_batch_size=10', '--total_rounds=5',
+          '--client_batch_size=50', '--total_rounds=5',
           f'--root_output_dir={root}', f'--workers={addresses}',
           '--worker_connect_timeout=5']
   run = helpers.start_binary('experiments.train_mnist', *args)
@@ -98,7 +96,7 @@ def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
   assert completed < 5
 
   two_workers[1] = _Worker(two_workers[1].port)
-  resumed = helpers.run_binary('experiments.train_mnist', *args)
+  resumed = helpers.run_binary_in_process('experiments.train_mnist', *args)
   assert resumed.returncode == 0, resumed.stderr
   summary = json.loads(summary_path.read_text())
   assert summary['rounds_completed'] == 5

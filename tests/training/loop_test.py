@@ -19,16 +19,6 @@ SPEC = regression.RegressionSpec(num_clients=5, examples_per_client=20,
                                  noise_std=0.3, size_exponent=1.0, seed=3)
 
 
-@pytest.fixture(scope='module')
-def shards():
-  return regression.make_regression_shards(SPEC)
-
-
-@pytest.fixture(scope='module')
-def task(shards):
-  return tasks.build_regression_task(shards)
-
-
 def _config(tmp_path, **changes):
   base = config_lib.TrainingConfig(
       experiment_name='exp', root_output_dir=str(tmp_path), total_rounds=6,
