@@ -99,10 +99,11 @@ def test_missing_experiment_name(tmp_path):
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_progress_stops_worker_and_resume_finishes(
     tmp_path, signum):
-  # 2 clients of 30000 images, batch 10: a round takes a few seconds.
+  # 2 clients of 30000 images, batch 50: a round takes a second or more, so
+  # the signal lands in round 2 or 3.
   args = ['--experiment_name=sig', f'--root_output_dir={tmp_path}',
           '--model=2nn', '--num_clients=2', '--clients_per_round=1',
-          '--client_batch_size=10', '--total_rounds=3',
+          '--client_batch_size=50', '--total_rounds=3',
           '--rounds_per_checkpoint=10', '--progress=false']
   before = helpers.worker_binary_pids()
   process = helpers.start_binary(MODULE, *args)
@@ -143,8 +144,11 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
   """Issue acceptance: 6 rounds of the 2NN with 10 clients per round, killed
   with SIGKILL after round 3's checkpoint and rerun, end with the model and
   the last CSV row of the uninterrupted run."""
+  # Batches of 50 (the binary's default is 10): rounds 4-6 still take
+  # seconds, far longer than the 20 ms between looks at the summary.
   args = ['--experiment_name=kill', '--model=2nn', '--num_clients=100',
           '--clients_per_round=10', '--client_epochs_per_round=2',
+          '--client_batch_size=50',
           '--total_rounds=6', '--rounds_per_checkpoint=3', '--progress=false']
   straight = helpers.run_binary_in_process(
       MODULE, *args, f'--root_output_dir={tmp_path / "straight"}')
