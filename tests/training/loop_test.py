@@ -135,10 +135,14 @@ def test_resume_after_a_crash_gives_the_same_model(task, algorithm, tmp_path,
   with open(tmp_path / 'b' / 'results' / 'exp' / 'experiment.metrics.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['round_num'] for r in rows] == ['1', '2', '3', '4', '5', '6']
+  # Timings and memory are measurements of the process, not of the model.
+  def measured(k):
+    return k == 'round_seconds' or k.startswith('memory/')
+
   last_straight = {k: v for k, v in straight.history[-1].items()
-                   if k != 'round_seconds'}
+                   if not measured(k)}
   last_resumed = {k: v for k, v in resumed.history[-1].items()
-                  if k != 'round_seconds'}
+                  if not measured(k)}
   assert last_straight == last_resumed
 
 
@@ -250,5 +254,6 @@ def test_memory_columns_are_the_processes_rss(task, algorithm, tmp_path,
     # Read a few milliseconds apart (the round's files are written between).
     assert python == pytest.approx(python_now, abs=20)
     assert worker_mb == pytest.approx(worker_now, abs=20)
-    # Both processes hold TensorFlow: hundreds of MiB, not bytes or GiB.
-    assert 100 < python < 8000 and 100 < worker_mb < 8000
+    # Both processes hold TensorFlow: tens to hundreds of MiB, not bytes or
+    # GiB (this task's worker measured ~100 MiB, its Python ~800 MiB).
+    assert 100 < python < 8000 and 20 < worker_mb < 8000
