@@ -27,22 +27,36 @@ def test_bound_is_five_percent_or_50_megabytes():
 
 
 def test_verdict_compares_the_last_round_with_the_baseline():
-  within = soak.verdict(_samples({50: 100.0, 100: 1000.0, 300: 1050.0,
-                                  500: 1047.0}), 100)
+  # At 400 MiB, 5% (20 MiB) is below the floor of 50 MB (47.68 MiB).
+  within = soak.verdict(_samples({50: 100.0, 100: 400.0, 300: 450.0,
+                                  500: 447.0}), 100)
   assert within['rss_growth_mib'] == pytest.approx(47.0)
-  assert within['rss_mib_max_after_baseline'] == 1050.0
+  assert within['rss_mib_max_after_baseline'] == 450.0
   assert within['ok']
-  grown = soak.verdict(_samples({100: 1000.0, 500: 1048.0}), 100)
-  assert not grown['rss_ok'] and not grown['ok']  # 48 MiB > 50 MB
+  grown = soak.verdict(_samples({100: 400.0, 500: 448.0}), 100)
+  assert not grown['rss_ok'] and not grown['ok']
+  # At 2000 MiB, 5% (100 MiB) is the bound.
+  assert soak.verdict(_samples({100: 2000.0, 500: 2099.0}), 100)['ok']
+  assert not soak.verdict(_samples({100: 2000.0, 500: 2101.0}), 100)['ok']
 
 
-def test_verdict_refuses_more_fds_or_threads():
-  samples = _samples({100: 1000.0, 500: 1000.0})
-  samples[500] = dict(samples[500], fds=11)
+def test_verdict_compares_fds_and_threads_window_against_window():
+  rounds = range(100, 501)
+  samples = _samples({r: 1000.0 for r in rounds})
+  samples[150] = dict(samples[150], fds=12, threads=22)  # A busy round early.
+  samples[480] = dict(samples[480], fds=12, threads=21)  # Within that peak.
+  result = soak.verdict(samples, 100)
+  assert result['window'] == 100
+  assert result['fds_max_first_window'] == 12 and result['fds_ok']
+  assert result['threads_ok'] and result['ok']
+  samples[490] = dict(samples[490], fds=13)
   assert not soak.verdict(samples, 100)['fds_ok']
-  samples[500] = dict(samples[500], fds=10, threads=21)
+  samples[490] = dict(samples[490], fds=10, threads=23)
   result = soak.verdict(samples, 100)
   assert result['fds_ok'] and not result['threads_ok'] and not result['ok']
+  # A short span halves the windows: rounds 100-101 against 102-103.
+  short = soak.verdict(_samples({r: 1.0 for r in range(100, 104)}), 100)
+  assert short['window'] == 2
   with pytest.raises(ValueError, match='round 100'):
     soak.verdict(_samples({1: 1.0, 99: 1.0}), 100)
 
