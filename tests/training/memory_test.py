@@ -38,3 +38,19 @@ def test_probe_asks_for_the_pids_every_time():
   probe = memory.probe(lambda: pids.pop(0))
   assert math.isnan(probe()[memory.WORKER_RSS])
   assert probe()[memory.WORKER_RSS] > 0
+
+
+def test_release_free_heap_gives_freed_memory_back():
+  if not memory.release_free_heap():
+    pytest.skip('no glibc malloc_trim here')
+  before = memory.rss_mib(os.getpid())
+  # Many small objects (malloc's heap, not mmap), then all but a few freed.
+  blocks = [bytearray(512) for _ in range(400_000)]
+  keep = blocks[::50_000]
+  del blocks
+  grown = memory.rss_mib(os.getpid())
+  memory.release_free_heap()
+  after = memory.rss_mib(os.getpid())
+  assert grown - before > 100  # ~230 MiB of blocks and list were touched.
+  assert after - before < (grown - before) / 2
+  del keep

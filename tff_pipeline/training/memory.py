@@ -14,12 +14,22 @@ Every round the training loop adds two columns, read from the kernel
 They let a long run show whether memory grows round after round (TFF's
 tracker has several such reports, e.g. google-parfait/tensorflow-federated
 #871, #903, #4590); `benchmarks/soak.py` measures it over 2,000 rounds.
+
+Before measuring, the probe returns the freed part of this process's heap
+to the kernel (glibc `malloc_trim(0)`). Without it the coordinator's RSS
+crept up by ~130 MiB over 2,000 rounds of the 2NN: each round, each
+evaluation (a fresh Keras model) and each checkpoint leaves freed but
+fragmented heap pages behind, and glibc does not give them back by itself.
+Trimming returned most of them (docs/memory.md, benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import psutil
@@ -27,6 +37,35 @@ import psutil
 MIB = 1024 * 1024
 PYTHON_RSS = 'memory/python_rss_mb'
 WORKER_RSS = 'memory/worker_rss_mb'
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+  """glibc's `malloc_trim`, or None (not Linux, or a libc without it)."""
+  if not sys.platform.startswith('linux'):
+    return None
+  try:
+    trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'
+                       ).malloc_trim
+  except (OSError, AttributeError):
+    return None
+  trim.argtypes = [ctypes.c_size_t]
+  trim.restype = ctypes.c_int
+  return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_heap() -> bool:
+  """Returns freed heap memory of this process to the kernel.
+
+  Calls glibc `malloc_trim(0)`; a no-op returning False where it does not
+  exist. Values are unaffected: only pages malloc holds as free are released.
+  """
+  if _MALLOC_TRIM is None:
+    return False
+  _MALLOC_TRIM(0)
+  return True
 
 
 def rss_mib(pid: int) -> float:
@@ -53,5 +92,11 @@ def round_metrics(worker_pids: Sequence[int]) -> dict[str, float]:
 
 def probe(worker_pids: Callable[[], Sequence[int]]
           ) -> Callable[[], dict[str, float]]:
-  """A no-argument `round_metrics` that asks `worker_pids()` each time."""
-  return lambda: round_metrics(worker_pids())
+  """Once a round: `release_free_heap()`, then `round_metrics` of the PIDs
+  that `worker_pids()` gives at that time."""
+
+  def measure() -> dict[str, float]:
+    release_free_heap()
+    return round_metrics(worker_pids())
+
+  return measure
