@@ -1,6 +1,7 @@
 """Remote TFF workers on loopback: same model as a local run, clear errors
 when a worker dies, and resumption once it is back."""
 
+import csv
 import json
 import os
 import signal
@@ -67,6 +68,16 @@ def test_two_workers_give_the_local_model(tmp_path, two_workers):
   for a, b in zip(helpers.final_weights(tmp_path / 'remote', 'remote'),
                   helpers.final_weights(tmp_path / 'local', 'remote')):
     np.testing.assert_allclose(a, b, atol=1e-5)
+  # Remote workers are not our processes: only the coordinator is measured.
+  for root, worker_known in (('remote', False), ('local', True)):
+    with open(tmp_path / root / 'results' / 'remote' /
+              'experiment.metrics.csv') as f:
+      rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+      assert 100 < float(row['memory/python_rss_mb']) < 8000
+      worker_mb = float(row['memory/worker_rss_mb'])
+      assert (20 < worker_mb < 8000) if worker_known else np.isnan(worker_mb)
 
 
 def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):

@@ -168,10 +168,14 @@ def test_resume_after_a_crash_gives_the_same_model(task, algorithm, tmp_path,
   with open(tmp_path / 'b' / 'results' / 'exp' / 'experiment.metrics.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['round_num'] for r in rows] == ['1', '2', '3', '4', '5', '6']
+  # Timings and memory are measurements of the process, not of the model.
+  def measured(k):
+    return k == 'round_seconds' or k.startswith('memory/')
+
   last_straight = {k: v for k, v in straight.history[-1].items()
-                   if k != 'round_seconds'}
+                   if not measured(k)}
   last_resumed = {k: v for k, v in resumed.history[-1].items()
-                  if k != 'round_seconds'}
+                  if not measured(k)}
   assert last_straight == last_resumed
 
 
@@ -256,3 +260,33 @@ def test_unwritable_output_dir_is_an_output_error(task, tmp_path):
   with pytest.raises(errors.OutputError, match='--root_output_dir=.*file'):
     loop.prepare_outputs(config)
   shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_memory_columns_are_the_processes_rss(task, algorithm, tmp_path,
+                                              tff_runtime):
+  """Each round's `memory/*` cells equal psutil's RSS read right after it."""
+  psutil = pytest.importorskip('psutil')
+  worker = psutil.Process(tff_runtime.local_worker_pids[0])
+  seen = []
+
+  def on_round_end(round_num, row):
+    seen.append((round_num, row['memory/python_rss_mb'],
+                 row['memory/worker_rss_mb'],
+                 psutil.Process().memory_info().rss / 2**20,
+                 worker.memory_info().rss / 2**20))
+
+  loop.run_federated(task, _config(tmp_path, total_rounds=3),
+                     algorithm=algorithm, runtime=tff_runtime,
+                     progress=False, on_round_end=on_round_end)
+  with open(tmp_path / 'results' / 'exp' / 'experiment.metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r for r, *_ in seen] == [1, 2, 3]
+  for row, (_, python, worker_mb, python_now, worker_now) in zip(rows, seen):
+    assert float(row['memory/python_rss_mb']) == python
+    assert float(row['memory/worker_rss_mb']) == worker_mb
+    # Read a few milliseconds apart (the round's files are written between).
+    assert python == pytest.approx(python_now, abs=20)
+    assert worker_mb == pytest.approx(worker_now, abs=20)
+    # Both processes hold TensorFlow: tens to hundreds of MiB, not bytes or
+    # GiB (this task's worker measured ~100 MiB, its Python ~800 MiB).
+    assert 100 < python < 8000 and 20 < worker_mb < 8000

@@ -180,6 +180,18 @@ class Runtime:
   def addresses(self) -> list[str]:
     return [c.address for c in self._connections]
 
+  @property
+  def local_worker_pids(self) -> list[int]:
+    """PIDs of the running workers this runtime started (at most one).
+
+    Empty with remote workers: those processes belong to other programs
+    (possibly on other machines), so this process cannot measure them.
+    """
+    worker = self.local_worker
+    if worker is None or not worker.is_running() or worker.pid is None:
+      return []
+    return [worker.pid]
+
   def _build_context(self):
     if len(self._connections) == 1:
       return tff.framework.SyncExecutionContext(

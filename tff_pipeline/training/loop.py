@@ -44,6 +44,7 @@ from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.training import checkpoints as checkpoints_lib
+from tff_pipeline.training import memory
 from tff_pipeline.training import outputs as outputs_lib
 from tff_pipeline.training import plots
 from tff_pipeline.training import recorder as recorder_lib
@@ -292,7 +293,8 @@ def run_federated(
     try:
       with runtime.installed():
         return _train(task, config, paths, checkpoints, algorithm, progress,
-                      on_round_end)
+                      on_round_end,
+                      memory.probe(lambda: runtime.local_worker_pids))
     finally:
       if own_runtime:
         runtime.close()
@@ -320,6 +322,7 @@ def _train(
     algorithm: algorithms.Algorithm | None,
     progress: bool,
     on_round_end: Callable[[int, dict[str, float]], None] | None,
+    memory_probe: Callable[[], dict[str, float]],
 ) -> RunResult:
   setup_start = time.perf_counter()
   if algorithm is None:
@@ -399,6 +402,7 @@ def _train(
           or round_num == config.total_rounds):
         for name, value in task.evaluate(weights).items():
           row[f'eval/{name}'] = value
+      row.update(memory_probe())
       recorder.release(round_num, row)
       if (round_num % config.rounds_per_checkpoint == 0
           or round_num == config.total_rounds):
