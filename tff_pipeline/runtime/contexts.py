@@ -182,6 +182,10 @@ class Runtime:
     self.local_worker: workers_lib.WorkerProcess | None = None
     self._connections: list[_WorkerConnection] = []
     addresses = list(worker_addresses)
+    if tls is not None and not addresses:
+      raise errors.UsageError(
+          '--worker_tls_ca, --worker_tls_cert and --worker_tls_key apply to '
+          'remote --workers only')
     try:
       if not addresses:
         self.local_worker = workers_lib.WorkerProcess(
@@ -190,10 +194,6 @@ class Runtime:
         ).start()
         self._connections = [_WorkerConnection(
             self.local_worker.address, self.local_worker, connect_timeout)]
-      elif tls is not None:
-        raise errors.UsageError(
-            '--worker_tls_ca, --worker_tls_cert and --worker_tls_key apply '
-            'to remote --workers only')
       else:
         self._connections = [
             _WorkerConnection(a, None, connect_timeout, tls) for a in addresses

@@ -30,6 +30,8 @@ EXECUTOR_SERVICE = executor_pb2.DESCRIPTOR.services_by_name['ExecutorGroup']
 # Calls forwarded at once (each holds a thread while the worker works); more
 # wait in gRPC's queue.
 _MAX_CONCURRENT_CALLS = 256
+# Seconds above which a remaining time means "no deadline" (a year).
+_NO_DEADLINE = 365 * 24 * 3600.0
 # Metadata that gRPC sets itself on each hop.
 _HOP_METADATA_PREFIXES = (':', 'grpc-')
 _HOP_METADATA_KEYS = frozenset({'user-agent', 'content-type', 'te'})
@@ -46,8 +48,17 @@ def _abort_with(context: grpc.ServicerContext, error: grpc.RpcError):
   context.abort(error.code(), error.details() or '')
 
 
+def _timeout(context: grpc.ServicerContext) -> float | None:
+  """The caller's remaining time, for the forwarded call (None: no limit)."""
+  remaining = context.time_remaining()
+  # Without a deadline gRPC reports about 2**63 ns as seconds, which would
+  # overflow into an already-expired deadline if passed on.
+  return remaining if remaining is not None and remaining < _NO_DEADLINE else (
+      None)
+
+
 def _unary_response(upstream, request, context):
-  call = upstream.future(request, timeout=context.time_remaining(),
+  call = upstream.future(request, timeout=_timeout(context),
                          metadata=_forwardable(context.invocation_metadata()))
   context.add_callback(call.cancel)
   try:
@@ -59,7 +70,7 @@ def _unary_response(upstream, request, context):
 
 
 def _stream_response(upstream, request, context):
-  call = upstream(request, timeout=context.time_remaining(),
+  call = upstream(request, timeout=_timeout(context),
                   metadata=_forwardable(context.invocation_metadata()))
   context.add_callback(call.cancel)
   try:
