@@ -339,3 +339,85 @@ def test_tls_without_remote_workers_is_a_usage_error(certs):
   with pytest.raises(errors.UsageError, match='apply to remote --workers'):
     runtime_lib.Runtime([], tls=_client(certs))
 
+
+
+def _echo_service():
+  """A service with one method of each streaming kind, built at run time."""
+  from google.protobuf import descriptor_pb2  # pylint: disable=g-import-not-at-top
+  from google.protobuf import descriptor_pool  # pylint: disable=g-import-not-at-top
+
+  proto = descriptor_pb2.FileDescriptorProto(
+      name='tls_test_echo.proto', package='tls_test', syntax='proto3')
+  proto.message_type.add(name='Blob')
+  service = proto.service.add(name='Echo')
+  for name, client_streaming, server_streaming in (
+      ('Unary', False, False), ('ServerStream', False, True),
+      ('ClientStream', True, False), ('BothStream', True, True)):
+    service.method.add(name=name, input_type='.tls_test.Blob',
+                       output_type='.tls_test.Blob',
+                       client_streaming=client_streaming,
+                       server_streaming=server_streaming)
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(proto)
+  return pool.FindServiceByName('tls_test.Echo')
+
+
+class _EchoUpstream(grpc.GenericRpcHandler):
+  """Answers each kind with the request bytes reversed; 'fail' aborts."""
+
+  def service(self, details):
+    name = details.method.rsplit('/', 1)[1]
+
+    def check(request, context):
+      if request == b'fail':
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, 'upstream says no')
+      context.set_trailing_metadata([('echo-method', name)])
+      return request[::-1]
+
+    return {
+        'Unary': grpc.unary_unary_rpc_method_handler(check),
+        'ServerStream': grpc.unary_stream_rpc_method_handler(
+            lambda r, c: iter([check(r, c)] * 2)),
+        'ClientStream': grpc.stream_unary_rpc_method_handler(
+            lambda rs, c: check(b''.join(rs), c)),
+        'BothStream': grpc.stream_stream_rpc_method_handler(
+            lambda rs, c: (check(r, c) for r in rs)),
+    }.get(name)
+
+
+def test_front_forwards_every_kind_of_method_as_bytes(certs):
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+
+  upstream = grpc.server(futures.ThreadPoolExecutor(4),
+                         handlers=[_EchoUpstream()])
+  upstream_port = upstream.add_insecure_port('127.0.0.1:0')
+  upstream.start()
+  server_tls = tls.ServerTls.from_files(
+      str(certs / 'worker.pem'), str(certs / 'worker.key'),
+      str(certs / 'ca.pem'))
+  port = portpicker.pick_unused_port()
+  try:
+    with tls_front.TlsFront(f'127.0.0.1:{upstream_port}', '127.0.0.1', port,
+                            server_tls, service=_echo_service()), (
+        grpc.secure_channel(f'127.0.0.1:{port}',
+                            _client(certs).credentials())) as channel:
+      unary = channel.unary_unary('/tls_test.Echo/Unary')
+      response, call = unary.with_call(b'abc', timeout=10)
+      assert response == b'cba'
+      assert ('echo-method', 'Unary') in call.trailing_metadata()
+      assert unary(b'abc') == b'cba'  # No deadline at all.
+      assert list(channel.unary_stream('/tls_test.Echo/ServerStream')(
+          b'ab', timeout=10)) == [b'ba', b'ba']
+      assert channel.stream_unary('/tls_test.Echo/ClientStream')(
+          iter([b'a', b'b', b'c']), timeout=10) == b'cba'
+      assert list(channel.stream_stream('/tls_test.Echo/BothStream')(
+          iter([b'ab', b'cd']), timeout=10)) == [b'ba', b'dc']
+      with pytest.raises(grpc.RpcError) as raised:
+        unary(b'fail', timeout=10)
+      assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+      assert raised.value.details() == 'upstream says no'
+      with pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary('/tls_test.Echo/Other')(b'', timeout=10)
+      assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+  finally:
+    upstream.stop(None)
