@@ -1,11 +1,14 @@
 """Mutual TLS for remote workers: certificates from the helper, the TLS front
 that forwards TFF's executor service, refused clients, and bad files."""
 
+from concurrent import futures
 import datetime
 import os
 import time
 
 from cryptography import x509
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
 from cryptography.hazmat.primitives import serialization
 import grpc
 import numpy as np
@@ -26,7 +29,7 @@ from tff_pipeline.training import loop
 
 SPEC = regression.RegressionSpec(num_clients=5, examples_per_client=20,
                                  noise_std=0.3, size_exponent=1.0, seed=3)
-CONNECT_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope='module')
@@ -133,6 +136,7 @@ def test_refused_coordinator_fails_in_time_and_the_worker_serves_on(
   assert worker.process.poll() is None
 
 
+@pytest.mark.slow  # starts a third worker process
 def test_tls_coordinator_and_a_plaintext_worker_say_so(certs):
   plain = helpers.RunWorker(portpicker.pick_unused_port())
   try:
@@ -280,9 +284,11 @@ def test_bad_coordinator_files_name_the_flag_and_file(certs, bad_files, ca,
     tls.ClientTls.from_flags(path(ca), path(cert), path(key))
 
 
+@pytest.mark.slow  # The message is also checked in-process, above.
 def test_worker_binary_with_a_mismatched_key_exits_2(certs):
   run = helpers.run_binary(
-      'experiments.run_worker', '--port=1', f'--tls_cert={certs / "worker.pem"}',
+      'experiments.run_worker', '--port=1',
+      f'--tls_cert={certs / "worker.pem"}',
       f'--tls_key={certs / "coordinator.key"}',
       f'--tls_client_ca={certs / "ca.pem"}', '--bind_address=192.0.2.1')
   assert run.returncode == 2
@@ -343,8 +349,6 @@ def test_tls_without_remote_workers_is_a_usage_error(certs):
 
 def _echo_service():
   """A service with one method of each streaming kind, built at run time."""
-  from google.protobuf import descriptor_pb2  # pylint: disable=g-import-not-at-top
-  from google.protobuf import descriptor_pool  # pylint: disable=g-import-not-at-top
 
   proto = descriptor_pb2.FileDescriptorProto(
       name='tls_test_echo.proto', package='tls_test', syntax='proto3')
@@ -386,8 +390,6 @@ class _EchoUpstream(grpc.GenericRpcHandler):
 
 
 def test_front_forwards_every_kind_of_method_as_bytes(certs):
-  from concurrent import futures  # pylint: disable=g-import-not-at-top
-
   upstream = grpc.server(futures.ThreadPoolExecutor(4),
                          handlers=[_EchoUpstream()])
   upstream_port = upstream.add_insecure_port('127.0.0.1:0')

@@ -38,8 +38,9 @@ def _read(flag: str, path: str) -> bytes:
         f'--{flag}={path}: cannot read it ({e.strerror})') from None
 
 
-def _certificates(flag: str, path: str,
-                  now: datetime.datetime) -> tuple[bytes, list[x509.Certificate]]:
+def _certificates(
+    flag: str, path: str, now: datetime.datetime,
+) -> tuple[bytes, list[x509.Certificate]]:
   data = _read(flag, path)
   try:
     certificates = x509.load_pem_x509_certificates(data)
