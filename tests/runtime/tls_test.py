@@ -3,6 +3,7 @@ that forwards TFF's executor service, refused clients, and bad files."""
 
 from concurrent import futures
 import datetime
+import json
 import os
 import time
 
@@ -423,3 +424,17 @@ def test_front_forwards_every_kind_of_method_as_bytes(certs):
       assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
   finally:
     upstream.stop(None)
+
+
+@pytest.mark.slow  # Paper CNN rounds through two TLS workers.
+def test_tls_cost_benchmark_runs_and_paths_agree(tmp_path):
+  path = tmp_path / 'tls_cost.json'
+  run = helpers.run_binary('benchmarks.tls_cost', '--rounds=1',
+                           f'--json={path}', timeout=1200)
+  assert run.returncode == 0, run.stderr
+  result = json.loads(path.read_text())
+  assert result['bitwise_equal_rounds'] is True
+  assert len(result['round_seconds']['tls']) == 1
+  medians = result['round_seconds_median']
+  assert result['tls_over_plaintext'] == pytest.approx(
+      medians['tls'] / medians['plaintext'])
