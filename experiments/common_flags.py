@@ -91,11 +91,18 @@ def define_training_flags(**defaults: Any) -> None:
   define_list('workers', [],
               'host:port of TFF workers started with `python -m '
               'experiments.run_worker`; each round\'s clients are split '
-              'across them. Empty: one local worker. The traffic is not '
-              'encrypted: use a private network or a tunnel.')
+              'across them. Empty: one local worker. Plaintext unless the '
+              '--worker_tls_* flags are given (docs/security.md).')
   define_float('worker_connect_timeout', 30.0,
                'Seconds to wait for a worker to become reachable before '
                'failing with an error that names it.')
+  define_string('worker_tls_ca', '',
+                'PEM CA certificate that signed the --workers\' '
+                'certificates; turns on TLS to them.')
+  define_string('worker_tls_cert', '',
+                'PEM client certificate of this coordinator, for workers '
+                'started with --tls_client_ca.')
+  define_string('worker_tls_key', '', 'PEM private key of --worker_tls_cert.')
 
   # Federated training.
   define_integer('total_rounds', d['total_rounds'],
@@ -295,6 +302,8 @@ def run_options() -> dict[str, Any]:
       progress=FLAGS.progress,
       workers=runtime.parse_worker_addresses(FLAGS.workers),
       worker_connect_timeout=FLAGS.worker_connect_timeout,
+      worker_tls=runtime.ClientTls.from_flags(
+          FLAGS.worker_tls_ca, FLAGS.worker_tls_cert, FLAGS.worker_tls_key),
   )
 
 

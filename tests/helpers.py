@@ -196,3 +196,30 @@ def rounds_completed(summary_path) -> int:
       return json.load(f)['rounds_completed']
   except (OSError, ValueError, KeyError):
     return 0
+
+
+class RunWorker:
+  """`python -m experiments.run_worker` as a subprocess on a loopback port.
+
+  Waits for its "serving on" line; `args` are extra flags (e.g. --tls_*).
+  """
+
+  def __init__(self, port: int, *args: str):
+    self.port = port
+    self.args = args
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'experiments.run_worker', f'--port={port}',
+         *args],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    line = self.process.stdout.readline()
+    assert f'serving on 127.0.0.1:{port}' in line, line
+
+  @property
+  def address(self) -> str:
+    return f'127.0.0.1:{self.port}'
+
+  def stop(self, signum: int = signal.SIGINT) -> None:
+    if self.process.poll() is None:
+      self.process.send_signal(signum)
+      self.process.wait(timeout=30)

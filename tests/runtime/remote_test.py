@@ -3,10 +3,7 @@ when a worker dies, and resumption once it is back."""
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import portpicker
@@ -21,33 +18,10 @@ MNIST_ARGS = ['--experiment_name=remote', '--model=2nn', '--num_clients=20',
               '--progress=false']
 
 
-class _Worker:
-  """`python -m experiments.run_worker` as a subprocess on a loopback port."""
-
-  def __init__(self, port):
-    self.port = port
-    self.process = subprocess.Popen(
-        [sys.executable, '-m', 'experiments.run_worker', f'--port={port}'],
-        cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-    line = self.process.stdout.readline()
-    assert f'serving on 127.0.0.1:{port}' in line, line
-
-  @property
-  def address(self):
-    return f'127.0.0.1:{self.port}'
-
-  def stop(self, signum=signal.SIGINT):
-    if self.process.poll() is None:
-      self.process.send_signal(signum)
-      self.process.wait(timeout=30)
-
-
 @pytest.fixture
 def two_workers():
   before = helpers.worker_binary_pids()
-  pool = [_Worker(portpicker.pick_unused_port()) for _ in range(2)]
+  pool = [helpers.RunWorker(portpicker.pick_unused_port()) for _ in range(2)]
   yield pool
   for worker in pool:
     worker.stop()
@@ -106,7 +80,7 @@ def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
   completed = json.loads(summary_path.read_text())['rounds_completed']
   assert completed < 5
 
-  two_workers[1] = _Worker(two_workers[1].port)
+  two_workers[1] = helpers.RunWorker(two_workers[1].port)
   resumed = helpers.run_binary_in_process('experiments.train_mnist', *args)
   assert resumed.returncode == 0, resumed.stderr
   summary = json.loads(summary_path.read_text())

@@ -6,6 +6,8 @@ from tff_pipeline.runtime.contexts import Runtime
 from tff_pipeline.runtime.contexts import serve_worker
 from tff_pipeline.runtime.contexts import shutdown_default_runtime
 from tff_pipeline.runtime.contexts import use_local_runtime
+from tff_pipeline.runtime.tls import ClientTls
+from tff_pipeline.runtime.tls import ServerTls
 from tff_pipeline.runtime.workers import INTER_OP_THREADS_ENV
 from tff_pipeline.runtime.workers import INTRA_OP_THREADS_ENV
 from tff_pipeline.runtime.workers import live_worker_pids

@@ -23,14 +23,10 @@ import grpc
 import tensorflow_federated as tff
 
 from tff_pipeline import errors
+from tff_pipeline.runtime import tls as tls_lib
+from tff_pipeline.runtime import tls_front
 from tff_pipeline.runtime import workers as workers_lib
 
-_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
-_GRPC_CHANNEL_OPTIONS = [
-    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
-    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
-    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
-]
 
 
 def parse_worker_addresses(spec: str | Sequence[str]) -> list[str]:
@@ -56,11 +52,18 @@ class _WorkerConnection:
       address: str,
       process: workers_lib.WorkerProcess | None,
       connect_timeout: float,
+      tls: tls_lib.ClientTls | None = None,
   ):
     self.address = address
     self.process = process
     self.connect_timeout = connect_timeout
-    self.channel = grpc.insecure_channel(address, _GRPC_CHANNEL_OPTIONS)
+    self.tls = tls
+    if tls is None:
+      self.channel = grpc.insecure_channel(
+          address, workers_lib.GRPC_CHANNEL_OPTIONS)
+    else:
+      self.channel = grpc.secure_channel(
+          address, tls.credentials(), workers_lib.GRPC_CHANNEL_OPTIONS)
     self.stub = tff.framework.RemoteExecutorGrpcStub(self.channel)
 
   def describe(self) -> str:
@@ -88,10 +91,29 @@ class _WorkerConnection:
       return
     if self.process is not None and not self.process.is_running():
       self.ensure_ready(0)  # Raises with the exit code.
+    cause = self._connection_failure_cause()
+    explanation = tls_lib.explain_connection_failure(cause, self.tls)
+    if explanation:
+      raise errors.RuntimeUnavailableError(
+          f'{self.describe()} is not reachable after {timeout:.0f} s: '
+          f'{explanation}')
     raise errors.RuntimeUnavailableError(
         f'{self.describe()} is not reachable after {timeout:.0f} s; check '
         'that it is running and that its port is open to this machine'
+        + (f' ({cause})' if cause else '')
     )
+
+  def _connection_failure_cause(self) -> str:
+    """gRPC's reason for the last failed connection ('' if unknown)."""
+    # A call that does not wait for READY fails at once with the channel's
+    # last connection error (refused, TLS handshake, ...).
+    probe = self.channel.unary_unary('/tff_pipeline.ConnectionProbe/Probe')
+    try:
+      probe(b'', timeout=5, wait_for_ready=False)
+    except grpc.RpcError as e:
+      if e.code() == grpc.StatusCode.UNAVAILABLE:
+        return tls_lib.connection_failure_cause(e.details() or '')
+    return ''
 
   def executor_factory(self) -> tff.framework.ExecutorFactory:
     def stack_fn(cardinalities):
@@ -144,6 +166,8 @@ class Runtime:
     max_concurrent_computation_calls: For the local worker; -1 is no limit.
     worker_log: File for the local worker's output (default: /dev/null).
     connect_timeout: Seconds to wait for a worker to become reachable.
+    tls: Credentials for mutual TLS with the remote workers (None:
+      plaintext); see `tls.ClientTls`.
   """
 
   def __init__(
@@ -153,10 +177,15 @@ class Runtime:
       max_concurrent_computation_calls: int = -1,
       worker_log: str | None = None,
       connect_timeout: float = 30.0,
+      tls: tls_lib.ClientTls | None = None,
   ):
     self.local_worker: workers_lib.WorkerProcess | None = None
     self._connections: list[_WorkerConnection] = []
     addresses = list(worker_addresses)
+    if tls is not None and not addresses:
+      raise errors.UsageError(
+          '--worker_tls_ca, --worker_tls_cert and --worker_tls_key apply to '
+          'remote --workers only')
     try:
       if not addresses:
         self.local_worker = workers_lib.WorkerProcess(
@@ -167,7 +196,7 @@ class Runtime:
             self.local_worker.address, self.local_worker, connect_timeout)]
       else:
         self._connections = [
-            _WorkerConnection(a, None, connect_timeout) for a in addresses
+            _WorkerConnection(a, None, connect_timeout, tls) for a in addresses
         ]
       for connection in self._connections:
         connection.ensure_ready()
@@ -240,6 +269,7 @@ def serve_worker(
     on_ready=None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
+    tls: tls_lib.ServerTls | None = None,
 ) -> int:
   """Runs a TFF worker in the foreground until it exits or we are stopped.
 
@@ -248,33 +278,42 @@ def serve_worker(
   SIGTERM (which `lifecycle.raise_on_termination_signals` turns into
   `errors.Interrupted`) and on any other exit path.
 
+  With `tls`, the worker listens on a free port of 127.0.0.1 and a
+  `tls_front.TlsFront` serves `bind_address:port`, requiring client
+  certificates; if the worker exits, the front stops too.
+
   Args:
     port: TCP port to serve on.
-    bind_address: Address to listen on (None: every interface).
+    bind_address: Address to listen on (None: every interface; with `tls`,
+      an IP literal is required).
     max_concurrent_computation_calls: Passed to the worker; -1 is no limit.
     log_path: File for the worker's output; /dev/null when None.
-    on_ready: Called with the `WorkerProcess` once it accepts connections.
+    on_ready: Called with the `WorkerProcess` once it accepts connections
+      (through the TLS front, if any).
     intra_op_threads: TensorFlow intra-op threads (see `WorkerProcess`).
     inter_op_threads: TensorFlow inter-op threads (see `WorkerProcess`).
+    tls: Certificate, key and client CA for mutual TLS.
 
   Returns:
     The worker's exit code, if it exits by itself.
   """
   worker = workers_lib.WorkerProcess(
-      port, bind_address=bind_address, log_path=log_path,
+      None if tls else port,
+      bind_address='127.0.0.1' if tls else bind_address, log_path=log_path,
       max_concurrent_computation_calls=max_concurrent_computation_calls,
       intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
-  with worker:
+  with worker, contextlib.ExitStack() as stack:
     connection = _WorkerConnection(worker.address, worker, connect_timeout=60)
-    try:
-      connection.ensure_ready()
-      if on_ready is not None:
-        on_ready(worker)
-      while worker.is_running():
-        workers_lib.wait_until(lambda: not worker.is_running(), timeout=1.0,
-                               interval=0.2)
-    finally:
-      connection.close()
+    stack.callback(connection.close)
+    connection.ensure_ready()
+    if tls is not None:
+      stack.enter_context(tls_front.TlsFront(
+          worker.address, bind_address, port, tls))
+    if on_ready is not None:
+      on_ready(worker)
+    while worker.is_running():
+      workers_lib.wait_until(lambda: not worker.is_running(), timeout=1.0,
+                             interval=0.2)
   return worker.returncode() or 0
 
 

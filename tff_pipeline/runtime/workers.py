@@ -54,6 +54,14 @@ from tff_pipeline.runtime import bind_shim
 
 _PR_SET_PDEATHSIG = 1
 
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+# gRPC options of every channel (and server) that carries a worker's calls.
+GRPC_CHANNEL_OPTIONS = [
+    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+]
+
 _live_workers: set['WorkerProcess'] = set()
 _live_lock = threading.Lock()
 

@@ -35,7 +35,8 @@ RUN_CONFIG = 'run_config.json'
 RESUMABLE_CHANGES = frozenset({
     'root_output_dir', 'total_rounds', 'rounds_per_eval',
     'rounds_per_checkpoint', 'allow_flag_changes', 'workers', 'progress',
-    'flagfile', 'worker_connect_timeout',
+    'flagfile', 'worker_connect_timeout', 'worker_tls_ca', 'worker_tls_cert',
+    'worker_tls_key',
 })
 
 

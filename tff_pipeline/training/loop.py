@@ -248,6 +248,7 @@ def run_federated(
     runtime: runtime_lib.Runtime | None = None,
     workers: Sequence[str] = (),
     worker_connect_timeout: float = 30.0,
+    worker_tls: runtime_lib.ClientTls | None = None,
     allow_flag_changes: bool = False,
     progress: bool = True,
     on_round_end: Callable[[int, dict[str, float]], None] | None = None,
@@ -266,6 +267,7 @@ def run_federated(
     workers: `host:port` of remote TFF workers to run the clients on, split
       across them each round; empty means a local worker started here.
     worker_connect_timeout: Seconds to wait for a worker to be reachable.
+    worker_tls: Mutual-TLS credentials for `workers`; None is plaintext.
     allow_flag_changes: Resume even if `hparams` differ from the checkpoint's.
     progress: Show a progress bar on stderr.
     on_round_end: Called with (round_num, metrics row) after each round.
@@ -289,7 +291,7 @@ def run_federated(
     if own_runtime:
       runtime = runtime_lib.Runtime(
           workers, worker_log=paths.worker_log,
-          connect_timeout=worker_connect_timeout)
+          connect_timeout=worker_connect_timeout, tls=worker_tls)
     try:
       with runtime.installed():
         return _train(task, config, paths, checkpoints, algorithm, progress,
