@@ -44,7 +44,8 @@ import psutil
 # for the first time inside an absl `main` builds Keras models in graph mode.
 import tensorflow as tf  # pylint: disable=unused-import
 
-from benchmarks import common
+from benchmarks import measure
+from benchmarks import report
 
 _MODE = flags.DEFINE_enum('mode', 'local', ['local', 'remote'],
                           'local: one worker started by the loop; remote: '
@@ -71,13 +72,13 @@ _JSON = flags.DEFINE_string('json', '', 'Also write all numbers here.')
 _SEED = 0
 # The bound of issue 14: growth of at most max(5%, 50 MB) after the baseline.
 RSS_GROWTH_FRACTION = 0.05
-RSS_GROWTH_FLOOR_MIB = 50e6 / common.MIB
+RSS_GROWTH_FLOOR_MIB = 50e6 / report.MIB
 REPORT_ROUNDS = (100, 500, 1000, 2000)
 
 
 def process_counts(pid: int) -> dict[str, float] | None:
   """RSS (MiB), open file descriptors and threads of a live process."""
-  rss = common.rss_bytes(pid)
+  rss = measure.rss_bytes(pid)
   try:
     process = psutil.Process(pid)
     fds, threads = process.num_fds(), process.num_threads()
@@ -85,7 +86,7 @@ def process_counts(pid: int) -> dict[str, float] | None:
     return None
   if rss is None:
     return None
-  return {'rss_mib': rss / common.MIB, 'fds': fds, 'threads': threads}
+  return {'rss_mib': rss / report.MIB, 'fds': fds, 'threads': threads}
 
 
 @dataclasses.dataclass
@@ -234,7 +235,7 @@ def run_soak(root: str) -> dict[str, Any]:
       'rounds_per_eval': _EVAL_EVERY.value,
       'rounds_per_checkpoint': _CHECKPOINT_EVERY.value,
       'wall_seconds': wall,
-      'round_seconds_median': common.median(list(seconds.values())),
+      'round_seconds_median': report.median(list(seconds.values())),
       'verdicts': verdicts,
       'ok': all(v['ok'] for v in verdicts.values()),
       'leaked_workers': leaked,
@@ -255,7 +256,7 @@ def print_report(result: Mapping[str, Any], series_rounds: Sequence[int]
   """Values at `series_rounds` and the verdict of each process."""
   samples = result['samples']
   for key, digits in (('rss_mib', 1), ('fds', 0), ('threads', 0)):
-    common.print_grid(
+    report.print_grid(
         f'{key} by round ({result["mode"]})',
         ['process', *[str(r) for r in series_rounds]],
         [[name, *[_fmt((s.get(str(r)) or {}).get(key), digits)
@@ -269,7 +270,7 @@ def print_report(result: Mapping[str, Any], series_rounds: Sequence[int]
         f'{v["fds_max_first_window"]}->{v["fds_max_last_window"]}',
         f'{v["threads_max_first_window"]}->{v["threads_max_last_window"]}',
         'ok' if v['ok'] else 'BROKEN'])
-  common.print_grid(
+  report.print_grid(
       'Growth after the baseline round (bound: RSS max(5%, 50 MB); fds and '
       'threads: most held in the last window <= in the first)',
       ['process', 'rounds', 'RSS growth MiB', 'bound MiB', 'fds (max)',
@@ -286,8 +287,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(
         f'--rounds={_ROUNDS.value} must exceed --baseline_round='
         f'{_BASELINE.value}')
-  environment = common.environment_facts()
-  common.print_table('Environment', [(k, str(v)) for k, v in
+  environment = report.environment_facts()
+  report.print_table('Environment', [(k, str(v)) for k, v in
                                      environment.items()])
   root = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix='tff_soak_')
   try:
@@ -301,7 +302,7 @@ def main(argv: list[str]) -> None:
                    if r <= _ROUNDS.value} | {_ROUNDS.value})
   print_report(result, rounds)
   if _JSON.value:
-    common.write_json(_JSON.value, result)
+    report.write_json(_JSON.value, result)
   sys.exit(0 if result['ok'] else 1)
 
 

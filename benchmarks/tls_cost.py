@@ -38,11 +38,11 @@ import portpicker
 # Before `app.run`: see the note in benchmarks/scaling.py.
 import tensorflow as tf  # pylint: disable=unused-import
 
-from benchmarks.common import environment_facts
-from benchmarks.common import FederatedRounds
-from benchmarks.common import median
-from benchmarks.common import training_config
-from benchmarks.common import write_json
+from benchmarks.report import environment_facts
+from benchmarks.report import median
+from benchmarks.report import write_json
+from benchmarks.workload import FederatedRounds
+from benchmarks.workload import training_config
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
 from tff_pipeline.runtime import certificates
