@@ -823,8 +823,11 @@ def run(binary: str = 'train_mnist', flagfile: str | None = None, *,
   started: set[int] = set()  # The child's descendants: its TFF worker.
   try:
     fd = process.stdout.fileno()
+    next_scan = 0.0
     while True:
-      started |= _descendants(process.pid)
+      if time.monotonic() >= next_scan:  # At most once a second.
+        started |= _descendants(process.pid)
+        next_scan = time.monotonic() + 1.0
       ready, _, _ = select.select([fd], [], [], 1.0)
       if not ready:
         continue
