@@ -342,3 +342,12 @@ def test_interrupt_stops_the_run_and_its_worker(tmp_path):
       caller.kill()
   assert output.splitlines()[-1] == 'interrupted', output
   assert not nc._alive(workers | child)
+
+
+def test_binaries_print_no_cudnn_lines():
+  """A binary that imports TF and fails on a flag prints its error only."""
+  done = helpers.run_binary('experiments.train_mnist', '--total_rounds=0',
+                            '--experiment_name=x', timeout=300)
+  assert done.returncode == 2
+  assert len(done.stderr.splitlines()) == 1, done.stderr
+  assert done.stderr.startswith('error: ') and 'total_rounds' in done.stderr
