@@ -355,6 +355,7 @@ def _train(
       'setup_seconds': setup_seconds,
       'task_facts': dict(task.facts),
       'tensorflow_federated_version': tff.__version__,
+      'python_version': sys.version.split()[0],
       'results_dir': paths.results_dir,
       'bytes_broadcast_per_client': per_client.broadcast_bytes,
       'bytes_uploaded_per_client': per_client.upload_bytes,
