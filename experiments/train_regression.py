@@ -30,22 +30,8 @@ common_flags.define_training_flags(
     client_batch_size=-1, client_learning_rate=0.1, rounds_per_eval=1,
     rounds_per_checkpoint=25,
 )
-# Data.
-common_flags.define_integer('examples_per_client', 50,
-                            'Mean number of examples per client.')
-common_flags.define_integer('num_features', 1, 'Number of features d.')
-common_flags.define_list('true_weights', [],
-                         'True weights w* (d values); empty means 2.0 each.')
-common_flags.define_float('true_bias', 1.0, 'True bias b.')
-common_flags.define_float('noise_std', 0.1, 'Std of the label noise.')
-common_flags.define_float('feature_shift', 0.0,
-                          'Std of each client\'s feature mean (covariate '
-                          'shift).')
-common_flags.define_float('weight_heterogeneity', 0.0,
-                          'Std of each client\'s deviation from w* (concept '
-                          'shift).')
-common_flags.define_float('size_exponent', 0.0,
-                          'Pareto shape of client sizes; 0 means equal sizes.')
+common_flags.define_task_flags('Regression task: synthetic shards',
+                               regression.RegressionSpec)
 
 
 def _true_weights() -> tuple[float, ...]:
@@ -61,18 +47,8 @@ def _true_weights() -> tuple[float, ...]:
 def main(argv):
   del argv
   config = common_flags.training_config()
-  spec = regression.RegressionSpec(
-      num_clients=FLAGS.num_clients,
-      examples_per_client=FLAGS.examples_per_client,
-      num_features=FLAGS.num_features,
-      true_weights=_true_weights(),
-      true_bias=FLAGS.true_bias,
-      noise_std=FLAGS.noise_std,
-      feature_shift=FLAGS.feature_shift,
-      weight_heterogeneity=FLAGS.weight_heterogeneity,
-      size_exponent=FLAGS.size_exponent,
-      seed=FLAGS.seed,
-  )
+  spec = common_flags.task_spec(regression.RegressionSpec,
+                                 true_weights=_true_weights())
   paths = loop.prepare_outputs(config)
   shards = regression.make_regression_shards(spec)
   outputs.atomic_write_bytes(paths.result('regression_shards.npz'),

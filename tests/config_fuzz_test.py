@@ -27,52 +27,78 @@ _NAMES = st.one_of(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Build:
+  """A config to construct inside the test: construction validates it."""
+
+  cls: type
+  kwargs: dict
+
+  def __call__(self):
+    return self.cls(**{k: v() if isinstance(v, _Build) else v
+                       for k, v in self.kwargs.items()})
+
+
 def _aggregation_configs():
   """AggregationConfigs with random values in every field, by type."""
-  by_type = {'bool': st.booleans(), 'float': fuzzing.ANY_FLOAT, 'int': fuzzing.ANY_INT}
-  return st.builds(config_lib.AggregationConfig, **{
+  by_type = {'bool': st.booleans(), 'float': fuzzing.ANY_FLOAT,
+             'int': fuzzing.ANY_INT}
+  return st.fixed_dictionaries({
       f.name: by_type[f.type]
       for f in dataclasses.fields(config_lib.AggregationConfig)
-      if f.type in by_type})
+      if f.type in by_type}).map(
+          lambda kwargs: _Build(config_lib.AggregationConfig, kwargs))
 
 
 @st.composite
 def _training_configs(draw):
   def optimizer(role):
-    return config_lib.OptimizerConfig(
+    return _Build(config_lib.OptimizerConfig, dict(
         name=draw(st.sampled_from(['sgd', 'adam', 'nope'])),
-        learning_rate=draw(fuzzing.ANY_FLOAT), momentum=draw(fuzzing.ANY_FLOAT),
-        epsilon=draw(fuzzing.ANY_FLOAT), role=role)
+        learning_rate=draw(fuzzing.ANY_FLOAT),
+        momentum=draw(fuzzing.ANY_FLOAT),
+        epsilon=draw(fuzzing.ANY_FLOAT), role=role))
 
   aggregation = draw(_aggregation_configs())
-  heterogeneity = heterogeneity_lib.ComputeHeterogeneity(
+  heterogeneity = _Build(heterogeneity_lib.ComputeHeterogeneity, dict(
       straggler_fraction=draw(fuzzing.ANY_FLOAT),
       straggler_budget=draw(st.sampled_from(
           list(heterogeneity_lib.STRAGGLER_BUDGETS) + ['never', ''])),
-      straggler_min_steps=draw(fuzzing.ANY_INT), straggler_max_steps=draw(fuzzing.ANY_INT),
+      straggler_min_steps=draw(fuzzing.ANY_INT),
+      straggler_max_steps=draw(fuzzing.ANY_INT),
       capacity_profile=draw(st.sampled_from(
           heterogeneity_lib.CAPACITY_PROFILES.names() + ['gaussian', ''])),
-      min_capacity=draw(fuzzing.ANY_FLOAT))
-  faults = faults_lib.FaultInjection(
+      min_capacity=draw(fuzzing.ANY_FLOAT)))
+  faults = _Build(faults_lib.FaultInjection, dict(
       fraction=draw(fuzzing.ANY_FLOAT),
-      mode=draw(st.sampled_from(faults_lib.FAULT_MODES.names() + ['evil'])))
-  return config_lib.TrainingConfig(
+      mode=draw(st.sampled_from(faults_lib.FAULT_MODES.names() + ['evil']))))
+  return _Build(config_lib.TrainingConfig, dict(
       experiment_name=draw(_NAMES),
       root_output_dir=draw(st.sampled_from(['/tmp/x', '', 'relative/dir'])),
-      total_rounds=draw(fuzzing.ANY_INT), clients_per_round=draw(fuzzing.ANY_INT),
+      total_rounds=draw(fuzzing.ANY_INT),
+      clients_per_round=draw(fuzzing.ANY_INT),
       client_epochs_per_round=draw(fuzzing.ANY_INT),
       client_batch_size=draw(fuzzing.ANY_INT),
       client_optimizer=optimizer('client'),
       server_optimizer=optimizer('server'),
-      rounds_per_eval=draw(fuzzing.ANY_INT), rounds_per_checkpoint=draw(fuzzing.ANY_INT),
+      rounds_per_eval=draw(fuzzing.ANY_INT),
+      rounds_per_checkpoint=draw(fuzzing.ANY_INT),
       seed=draw(fuzzing.ANY_INT), heterogeneity=heterogeneity,
       aggregation=aggregation, proximal_strength=draw(fuzzing.ANY_FLOAT),
       faults=faults,
-  )
+  ))
 
 
 _GOOD_CONFIG = config_lib.TrainingConfig(experiment_name='x',
                                          root_output_dir='/tmp/x')
+
+
+def _replaced(default, **changes) -> _Build:
+  """`default`'s fields, some replaced, built when the test calls it."""
+  return _Build(type(default), {
+      **{f.name: getattr(default, f.name)
+         for f in dataclasses.fields(default)},
+      **changes})
 
 
 def _nearly(draw, default, random_configs, max_changed: int):
@@ -81,7 +107,8 @@ def _nearly(draw, default, random_configs, max_changed: int):
   names = draw(st.lists(st.sampled_from(
       [f.name for f in dataclasses.fields(default)]),
       min_size=1, max_size=max_changed, unique=True))
-  return dataclasses.replace(default, **{n: getattr(full, n) for n in names})
+  return _replaced(default, **{n: full.kwargs.get(n, getattr(default, n))
+                               for n in names})
 
 
 @st.composite
@@ -124,22 +151,25 @@ def _assert_config_facts(c: config_lib.TrainingConfig, num_clients) -> None:
 @fuzzing.deterministic(300)
 @given(c=st.one_of(_training_configs(), _nearly_valid_configs()),
        num_clients=st.one_of(st.none(), fuzzing.ANY_INT))
-@example(c=dataclasses.replace(_GOOD_CONFIG, experiment_name='..'),
-         num_clients=10)
-@example(c=dataclasses.replace(
+@example(c=_replaced(_GOOD_CONFIG, experiment_name='..'), num_clients=10)
+@example(c=_replaced(
     _GOOD_CONFIG,
-    client_optimizer=config_lib.OptimizerConfig(learning_rate=10**400)),
+    client_optimizer=_Build(config_lib.OptimizerConfig,
+                            {'learning_rate': 10**400})),
          num_clients=10)
 def test_training_config_is_valid_or_a_usage_error_naming_a_flag(
     c, num_clients):
+  # Configs are validated at construction: the strategies give `_Build`s,
+  # which the test constructs (and validates against `num_clients`).
   try:
-    c.validate(num_clients=num_clients)
+    config = c()
+    config.validate(num_clients=num_clients)
   except errors.UsageError as e:
     event('usage error')
     assert re.search(r'--[a-z_]+', str(e)), str(e)
   else:
     event('valid')
-    _assert_config_facts(c, num_clients)
+    _assert_config_facts(config, num_clients)
 
 
 @st.composite
@@ -152,13 +182,14 @@ def _nearly_default_aggregation_configs(draw):
 @fuzzing.deterministic(200)
 @given(c=st.one_of(_aggregation_configs(),
                    _nearly_default_aggregation_configs()))
-@example(c=config_lib.AggregationConfig(compensation_q=10**400))
+@example(c=_Build(config_lib.AggregationConfig, {'compensation_q': 10**400}))
 def test_aggregation_config_is_valid_or_a_usage_error_naming_a_flag(c):
   try:
-    c.validate()
+    config = c()
   except errors.UsageError as e:
     event('usage error')
     assert re.search(r'--[a-z_]+', str(e)), str(e)
   else:
     event('valid')
-    _assert_config_facts(dataclasses.replace(_GOOD_CONFIG, aggregation=c), None)
+    _assert_config_facts(dataclasses.replace(_GOOD_CONFIG, aggregation=config),
+                         None)

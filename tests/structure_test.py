@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_pipeline import _structure
+from tff_pipeline import settings
 
 # Keys out of sorted order: TFF keeps this order, tf.nest would sort them.
 VALUE_TYPE = tff.StructWithPythonType([
@@ -22,7 +23,7 @@ VALUE_TYPE = tff.StructWithPythonType([
     (float('nan'), False), (10**400, False), ('1.0', False), (None, False),
     (np.float32(2.0), True), (np.float64(np.inf), False)])
 def test_finite_number(value, finite):
-  assert _structure.finite_number(value) is finite
+  assert settings.finite(value) is finite
 
 
 def test_leaf_types_are_in_tff_order():

@@ -13,23 +13,10 @@ Leaves come in TFF's order (a struct's element order), which for an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
-
-
-def finite_number(value: object) -> bool:
-  """`math.isfinite`, but False for non-numbers and ints beyond a float.
-
-  A config value such as 10**400 makes `math.isfinite` raise OverflowError;
-  a string makes it raise TypeError. Both are simply not finite numbers.
-  """
-  try:
-    return math.isfinite(value)  # type: ignore[arg-type]
-  except (OverflowError, TypeError):
-    return False
 
 
 def to_python(value: object) -> object:

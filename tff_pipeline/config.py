@@ -1,6 +1,9 @@
 """Typed experiment configuration, built from flags or by hand (notebooks).
 
-Each dataclass validates itself and reports a bad value as a
+Each setting is declared once, as a field made by `settings.setting`: its
+flag name, type, default, help text and checks. The command-line flags,
+`hparams.csv` and docs/flags.md are generated from these declarations. Each
+dataclass validates itself at construction and reports a bad value as an
 `errors.UsageError` naming the flag. Names follow the flags of
 google-research/federated (`client_epochs_per_round`, `server_optimizer`...).
 """
@@ -9,213 +12,249 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
-from tff_pipeline import _structure
 from tff_pipeline import errors
 from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
-
-_finite = _structure.finite_number
-
+from tff_pipeline import settings
+from tff_pipeline.settings import Check, setting
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
   if not ok:
     raise errors.UsageError(f'--{flag}={value} {expected}')
 
 
-def _positive_finite(flag: str, value: float) -> None:
-  _require(
-      isinstance(value, (int, float)) and _finite(value) and value > 0,
-      flag, value, 'must be a positive finite number',
-  )
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """A `tff.learning.optimizers` optimizer, chosen by name.
 
-  Attributes:
-    name: Registry name (see `algorithms.optimizers.OPTIMIZERS`).
-    learning_rate: Step size.
-    momentum: Heavy-ball momentum for `sgd`; 0 means none.
-    epsilon: Adaptivity constant tau of adam/yogi/adagrad (Reddi et al. 2021
-      use 1e-3 on the server).
-    role: 'client' or 'server', used to name the flags in error messages.
+  The settings' flags are prefixed by `role` ('client' or 'server'), which
+  also names them in error messages.
   """
 
-  name: str = 'sgd'
-  learning_rate: float = 0.1
-  momentum: float = 0.0
-  epsilon: float = 1e-3
-  role: str = 'client'
+  name: str = setting(
+      'sgd', flag='{role}_optimizer',
+      choices='tff_pipeline.algorithms.optimizers:OPTIMIZERS',
+      help='{Role} optimizer: {choices}')
+  learning_rate: float = setting(
+      0.1, flag='{role}_learning_rate', checks=[settings.POSITIVE_FINITE],
+      help='{Role} learning rate.')
+  momentum: float = setting(
+      0.0, flag='{role}_momentum',
+      checks=[Check(lambda v: 0 <= v < 1, 'must be in [0, 1)')],
+      help='{Role} heavy-ball momentum (sgd only).')
+  epsilon: float = setting(
+      1e-3, flag='{role}_epsilon', checks=[settings.POSITIVE_FINITE],
+      help='{Role} adaptivity constant tau (adam, yogi, adagrad).')
+  role: str = settings.internal('client', 'prefixes the flags of the block')
+
+  def __post_init__(self):
+    self.validate()
 
   def validate(self) -> None:
-    _positive_finite(f'{self.role}_learning_rate', self.learning_rate)
-    _require(0 <= self.momentum < 1, f'{self.role}_momentum', self.momentum,
-             'must be in [0, 1)')
-    _positive_finite(f'{self.role}_epsilon', self.epsilon)
+    settings.check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
-  """Settings of the model-update aggregator and of its wrappers.
+  """Settings of the model-update aggregator and of its wrappers."""
 
-  Attributes:
-    compensation_normalize: `compensated`: FedNova normalisation of each
-      update by its local steps.
-    compensation_q: `compensated`: power q of the loss-aware reweighting; 0
-      turns it off.
-    compensation_max_factor: `compensated`: the loss factor is clipped to
-      [1/c, c] for this c >= 1.
-    trim_fraction: `trimmed_mean`: share trimmed at each end, in [0, 0.5).
-    clip_norm: L2 clipping of each client's update; 0 turns it off.
-    zeroing: Zero out updates whose norm is far above the recent ones
-      (TFF's adaptive zeroing).
-    dp_noise_multiplier: Gaussian noise stddev / clip norm; > 0 turns
-      differential privacy on.
-    dp_clip_norm: DP clip norm (initial value with adaptive clipping).
-    dp_adaptive_clipping: Adapt the DP clip norm to the median update norm.
-    dp_delta: The delta of the reported (epsilon, delta); 0 means
-      1 / num_clients.
-    secure_aggregation: Sum updates with TFF's secure sum.
-    compression: Quantize large update tensors before summing.
-    compression_bits: Bits per value of the quantized tensors.
-  """
+  compensation_normalize: bool = setting(
+      True,
+      help='compensated aggregator: normalise each update by its local '
+      'steps and rescale by tau_eff (FedNova).')
+  compensation_q: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='compensated aggregator: weight clients by (L_i / mean L)^q, '
+      'L_i the loss of the incoming model on their data (q-FFL); '
+      '0 turns it off.')
+  compensation_max_factor: float = setting(
+      3.0, checks=[settings.at_least(1, 'must be >= 1')],
+      help='compensated aggregator: clip the loss factor (L_i / mean '
+      'L)^q to [1/c, c] for this c, so no client takes over a round.')
+  trim_fraction: float = setting(
+      0.1, checks=[Check(lambda v: 0 <= v < 0.5, 'must be in [0, 0.5)')],
+      help='trimmed_mean: share of values trimmed at each end, in '
+      '[0, 0.5).')
+  clip_norm: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be >= 0 (0 turns it off)')],
+      help='Clip each client update to this L2 norm; 0 turns it off.')
+  zeroing: bool = setting(
+      False,
+      help='Zero out updates whose norm is far above the recent ones '
+      '(adaptive 98th percentile, as in tff.learning).')
+  dp_noise_multiplier: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be >= 0 (0 turns DP off)')],
+      help='Differential privacy: Gaussian noise stddev / clip norm; > 0 '
+      'turns DP on (DP-FedAvg, McMahan et al. 2018).')
+  dp_clip_norm: float = setting(
+      1.0, checks=[settings.POSITIVE_FINITE],
+      help='DP: L2 clip norm of each client update (initial value with '
+      '--dp_adaptive_clipping).')
+  dp_adaptive_clipping: bool = setting(
+      False,
+      help='DP: adapt the clip norm to the median update norm '
+      '(Andrew et al. 2021).')
+  dp_delta: float = setting(
+      0.0,
+      checks=[Check(lambda v: 0 <= v < 1,
+                    'must be in [0, 1) (0 means 1/num_clients)')],
+      help='DP: delta of the reported (epsilon, delta); 0 means '
+      '1/num_clients.')
+  secure_aggregation: bool = setting(
+      False,
+      help='Sum the (weighted) updates with TFF\'s secure sum, with '
+      'adaptive bounds.')
+  compression: bool = setting(
+      False,
+      help='Quantize update tensors of more than 20000 values to '
+      '--compression_bits bits before summing.')
+  compression_bits: int = setting(
+      8, checks=[Check(lambda v: 1 <= v <= 16, 'must be in 1..16')],
+      help='compression: bits per quantized value.')
 
-  compensation_normalize: bool = True
-  compensation_q: float = 0.0
-  compensation_max_factor: float = 3.0
-  trim_fraction: float = 0.1
-  clip_norm: float = 0.0
-  zeroing: bool = False
-  dp_noise_multiplier: float = 0.0
-  dp_clip_norm: float = 1.0
-  dp_adaptive_clipping: bool = False
-  dp_delta: float = 0.0
-  secure_aggregation: bool = False
-  compression: bool = False
-  compression_bits: int = 8
+  def __post_init__(self):
+    self.validate()
 
   @property
   def dp(self) -> bool:
     return self.dp_noise_multiplier > 0
 
   def validate(self) -> None:
-    _require(_finite(self.compensation_q) and self.compensation_q >= 0,
-             'compensation_q', self.compensation_q, 'must be >= 0')
-    _require(
-        _finite(self.compensation_max_factor)
-        and self.compensation_max_factor >= 1,
-        'compensation_max_factor', self.compensation_max_factor,
-        'must be >= 1')
-    _require(0 <= self.trim_fraction < 0.5, 'trim_fraction',
-             self.trim_fraction, 'must be in [0, 0.5)')
-    _require(_finite(self.clip_norm) and self.clip_norm >= 0,
-             'clip_norm', self.clip_norm, 'must be >= 0 (0 turns it off)')
-    _require(
-        _finite(self.dp_noise_multiplier)
-        and self.dp_noise_multiplier >= 0,
-        'dp_noise_multiplier', self.dp_noise_multiplier,
-        'must be >= 0 (0 turns DP off)')
-    _positive_finite('dp_clip_norm', self.dp_clip_norm)
-    _require(0 <= self.dp_delta < 1, 'dp_delta', self.dp_delta,
-             'must be in [0, 1) (0 means 1/num_clients)')
-    _require(1 <= self.compression_bits <= 16, 'compression_bits',
-             self.compression_bits, 'must be in 1..16')
+    settings.check_fields(self)
+
+
+def _is_experiment_name(name: Any) -> bool:
+  return (isinstance(name, str)
+          and bool(re.fullmatch(r'[A-Za-z0-9._-]+', name))
+          and name not in ('.', '..'))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
   """Everything the training loop needs besides the task.
 
-  Attributes:
-    experiment_name: Names the output subdirectories.
-    root_output_dir: Root of `results/`, `checkpoints/` and `logdir/`.
-    total_rounds: Number of federated rounds.
-    clients_per_round: Clients sampled uniformly each round.
-    client_epochs_per_round: Local epochs per round.
-    client_batch_size: Local batch size; -1 means one batch of all the
-      client's examples (full-batch gradient steps).
-    client_optimizer: The clients' optimizer.
-    server_optimizer: The server's optimizer, applied to the averaged update.
-    algorithm: Registry name of the learning algorithm.
-    aggregator: Registry name of the model-update aggregator.
-    rounds_per_eval: Evaluate the global model every this many rounds (and
-      after the last round).
-    rounds_per_checkpoint: Save program state every this many rounds (and
-      after the last round).
-    seed: Seed of every random choice of the run.
-    heterogeneity: Simulated per-client compute budgets.
-    aggregation: Settings of the aggregator and its wrappers.
-    proximal_strength: `fedprox`: mu of the proximal term.
-    faults: Simulated faulty clients.
+  Checked at construction; `check_num_clients` checks it against the task.
   """
 
-  experiment_name: str
-  root_output_dir: str
-  total_rounds: int = 10
-  clients_per_round: int = 10
-  client_epochs_per_round: int = 1
-  client_batch_size: int = 10
-  client_optimizer: OptimizerConfig = OptimizerConfig()
-  server_optimizer: OptimizerConfig = OptimizerConfig(
-      learning_rate=1.0, role='server'
-  )
-  algorithm: str = 'fedavg'
-  aggregator: str = 'mean'
-  rounds_per_eval: int = 1
-  rounds_per_checkpoint: int = 10
-  seed: int = 0
-  heterogeneity: heterogeneity_lib.ComputeHeterogeneity = (
+  experiment_name: str = setting(
+      flag_default=None,
+      checks=[Check(_is_experiment_name,
+                    'must be non-empty, use only letters, digits, ".", "_" '
+                    'and "-", and not be "." or ".." (which would leave the '
+                    'run\'s directories)', show=repr)],
+      help='Name of the run; outputs go to <root_output_dir>/{results,'
+      'checkpoints,logdir}/<experiment_name>. Defaults to the name '
+      'of the --flagfile (without .flags); required otherwise.')
+  root_output_dir: str = setting(
+      flag_default='/tmp/tff_pipeline',
+      checks=[Check(bool, 'must be a directory path', show=repr)],
+      help='Root directory of all outputs.')
+  total_rounds: int = setting(10, checks=[settings.POSITIVE],
+                              help='Number of federated rounds.')
+  clients_per_round: int = setting(
+      10, checks=[settings.POSITIVE],
+      help='Clients sampled uniformly (without replacement) per round.')
+  client_epochs_per_round: int = setting(
+      1, checks=[settings.POSITIVE], help='Local epochs per round.')
+  client_batch_size: int = setting(
+      10,
+      checks=[Check(lambda v: v >= 1 or v == -1,
+                    'must be positive, or -1 for full-batch steps')],
+      help='Local batch size; -1 means full-batch steps.')
+  client_optimizer: OptimizerConfig = settings.nested(
+      OptimizerConfig(), spread_in_hparams=True)
+  server_optimizer: OptimizerConfig = settings.nested(
+      OptimizerConfig(learning_rate=1.0, role='server'),
+      spread_in_hparams=True)
+  algorithm: str = setting(
+      'fedavg', choices='tff_pipeline.algorithms:ALGORITHMS',
+      help='Learning algorithm: {choices}')
+  aggregator: str = setting(
+      'mean', choices='tff_pipeline.aggregators:AGGREGATORS',
+      help='Aggregation of model updates: {choices}')
+  rounds_per_eval: int = setting(
+      1, checks=[settings.POSITIVE],
+      help='Evaluate the global model every this many rounds.')
+  rounds_per_checkpoint: int = setting(
+      10, checks=[settings.POSITIVE],
+      help='Save a checkpoint every this many rounds.')
+  seed: int = setting(
+      0, checks=[Check(lambda v: 0 <= v < 2**31, 'must be in [0, 2**31)')],
+      help='Seed of every random choice: data, initialisation, client '
+      'sampling, shuffling.')
+  heterogeneity: heterogeneity_lib.ComputeHeterogeneity = settings.nested(
       heterogeneity_lib.ComputeHeterogeneity())
-  aggregation: AggregationConfig = AggregationConfig()
-  proximal_strength: float = 0.0
-  faults: faults_lib.FaultInjection = faults_lib.FaultInjection()
+  aggregation: AggregationConfig = settings.nested(AggregationConfig())
+  proximal_strength: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='fedprox: mu of the proximal term (mu/2)||w - w_global||^2.')
+  faults: faults_lib.FaultInjection = settings.nested(
+      faults_lib.FaultInjection())
+
+  def __post_init__(self):
+    self.validate()
 
   def validate(self, num_clients: int | None = None) -> None:
-    _require(
-        bool(re.fullmatch(r'[A-Za-z0-9._-]+', self.experiment_name or ''))
-        and self.experiment_name not in ('.', '..'),
-        'experiment_name', repr(self.experiment_name),
-        'must be non-empty, use only letters, digits, ".", "_" and "-", and '
-        'not be "." or ".." (which would leave the run\'s directories)',
-    )
-    _require(bool(self.root_output_dir), 'root_output_dir',
-             repr(self.root_output_dir), 'must be a directory path')
-    _require(self.total_rounds >= 1, 'total_rounds', self.total_rounds,
-             'must be positive')
-    _require(self.clients_per_round >= 1, 'clients_per_round',
-             self.clients_per_round, 'must be positive')
-    if num_clients is not None:
-      _require(num_clients >= 1, 'num_clients', num_clients,
-               'must be positive')
-      _require(
-          self.clients_per_round <= num_clients, 'clients_per_round',
-          self.clients_per_round,
-          f'must not exceed --num_clients={num_clients}',
-      )
-    _require(self.client_epochs_per_round >= 1, 'client_epochs_per_round',
-             self.client_epochs_per_round, 'must be positive')
-    _require(
-        self.client_batch_size >= 1 or self.client_batch_size == -1,
-        'client_batch_size', self.client_batch_size,
-        'must be positive, or -1 for full-batch steps',
-    )
-    _require(self.rounds_per_eval >= 1, 'rounds_per_eval',
-             self.rounds_per_eval, 'must be positive')
-    _require(self.rounds_per_checkpoint >= 1, 'rounds_per_checkpoint',
-             self.rounds_per_checkpoint, 'must be positive')
-    _require(0 <= self.seed < 2**31, 'seed', self.seed,
-             'must be in [0, 2**31)')
-    self.client_optimizer.validate()
-    self.server_optimizer.validate()
-    self.heterogeneity.validate()
-    self.aggregation.validate()
-    self.faults.validate()
-    _require(
-        _finite(self.proximal_strength) and self.proximal_strength >= 0,
-        'proximal_strength', self.proximal_strength, 'must be >= 0')
+    """Checks the settings (as at construction), and `num_clients` if given.
+
+    Raises:
+      errors.UsageError: naming the flag of the first bad value.
+    """
+    settings.check_fields(self)
     check_combinations(self)
+    if num_clients is not None:
+      self.check_num_clients(num_clients)
+
+  def check_num_clients(self, num_clients: int) -> None:
+    """Checks the config against the task's (or --num_clients') clients."""
+    _require(num_clients >= 1, 'num_clients', num_clients, 'must be positive')
+    _require(
+        self.clients_per_round <= num_clients, 'clients_per_round',
+        self.clients_per_round,
+        f'must not exceed --num_clients={num_clients}',
+    )
+
+  def hparams(self) -> dict[str, Any]:
+    """The `hparams.csv` row of a run started from Python (not flags)."""
+    return settings.hparams(self)
+
+
+NUM_CLIENTS = settings.Setting(
+    help='Number of clients the data is split into.', flag='num_clients',
+    flag_default=100, kind='integer')
+"""The --num_clients flag of the binaries. It sets the task's number of
+clients (`MnistTaskSpec.num_clients`, `RegressionSpec.num_clients`);
+`TrainingConfig.check_num_clients` checks the config against it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run is executed, not what it computes: keyword arguments of
+  `training.loop.run_federated` that have flags, under the same names."""
+
+  allow_flag_changes: bool = setting(
+      False, help='Resume from checkpoints made with other hyperparameters.')
+  progress: bool = setting(True, help='Show a progress bar on stderr.')
+  workers: tuple[str, ...] = setting(
+      (),
+      help='host:port of TFF workers started with `python -m '
+      'experiments.run_worker`; each round\'s clients are split '
+      'across them. Empty: one local worker. Plaintext unless the '
+      '--worker_tls_* flags are given (docs/security.md).')
+  worker_connect_timeout: float = setting(
+      30.0,
+      help='Seconds to wait for a worker to become reachable before '
+      'failing with an error that names it.')
+  worker_tls_ca: str = setting(
+      '', help='PEM CA certificate that signed the --workers\' '
+      'certificates; turns on TLS to them.')
+  worker_tls_cert: str = setting(
+      '', help='PEM client certificate of this coordinator, for workers '
+      'started with --tls_client_ca.')
+  worker_tls_key: str = setting(
+      '', help='PEM private key of --worker_tls_cert.')
 
 
 # ----------------------------------------------------------------------------

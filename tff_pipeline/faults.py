@@ -33,8 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tff_pipeline import errors
 from tff_pipeline import registry
+from tff_pipeline import settings
 
 # Fault codes carried to the client work (0 means honest).
 HONEST = 0
@@ -59,21 +59,21 @@ FAULT_MODES.register('zero_examples', 'clients with no data')(
 
 @dataclasses.dataclass(frozen=True)
 class FaultInjection:
-  """Which sampled clients are faulty, and how.
+  """Which sampled clients are faulty, and how."""
 
-  Attributes:
-    fraction: Share of each round's sampled clients that are faulty.
-    mode: Registry name in `FAULT_MODES`.
-  """
+  fraction: float = settings.setting(
+      0.0, flag='faulty_client_fraction', checks=[settings.fraction()],
+      help='Share of each round\'s sampled clients that are faulty, '
+      'chosen from (seed, round).')
+  mode: str = settings.setting(
+      'nan', flag='faulty_mode', choices=FAULT_MODES,
+      help='What faulty clients do: {choices}')
 
-  fraction: float = 0.0
-  mode: str = 'nan'
+  def __post_init__(self):
+    self.validate()
 
   def validate(self) -> None:
-    if not 0.0 <= self.fraction <= 1.0:
-      raise errors.UsageError(
-          f'--faulty_client_fraction={self.fraction} must be in [0, 1]')
-    FAULT_MODES.get(self.mode)
+    settings.check_fields(self)
 
   @property
   def enabled(self) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 
 from tff_pipeline import errors
 from tff_pipeline import registry
+from tff_pipeline import settings
 
 # Separate random streams, all derived from --seed.
 _STRAGGLER_STREAM = 0x5354_5241
@@ -96,51 +97,44 @@ STRAGGLER_BUDGETS = ('epochs', 'steps')
 
 @dataclasses.dataclass(frozen=True)
 class ComputeHeterogeneity:
-  """How local-step budgets are drawn. The defaults simulate none.
+  """How local-step budgets are drawn. The defaults simulate none."""
 
-  Attributes:
-    straggler_fraction: Probability that a sampled client is a straggler.
-    straggler_budget: 'epochs' (whole epochs in [1, E]) or 'steps'.
-    straggler_min_steps: 'steps': smallest straggler budget.
-    straggler_max_steps: 'steps': largest straggler budget; 0 means the full
-      budget minus one step.
-    capacity_profile: Registry name in `CAPACITY_PROFILES`.
-    min_capacity: Smallest capacity ('uniform'), or the slow minority's
-      capacity ('minority'), in (0, 1].
-    slow_client_fraction: 'minority' profile: share of slow clients.
-  """
+  straggler_fraction: float = settings.setting(
+      0.0, checks=[settings.fraction()],
+      help='Probability that a sampled client is a straggler this round.')
+  straggler_budget: str = settings.setting(
+      'epochs', choices=STRAGGLER_BUDGETS,
+      help='epochs: a straggler runs a whole number of epochs in [1, E]; '
+      'steps: a number of steps in [--straggler_min_steps, '
+      '--straggler_max_steps].')
+  straggler_min_steps: int = settings.setting(
+      1, checks=[settings.Check(lambda v: v >= 1, 'must be >= 1')],
+      help='steps: smallest straggler budget, in local steps.')
+  straggler_max_steps: int = settings.setting(
+      0, help='steps: largest straggler budget; 0 means the full budget '
+      'minus one step.')
+  capacity_profile: str = settings.setting(
+      'none', choices=CAPACITY_PROFILES,
+      help='Per-client compute capacity, fixed across rounds: {choices}')
+  min_capacity: float = settings.setting(
+      0.1, checks=[settings.Check(lambda v: 0.0 < v <= 1.0,
+                                  'must be in (0, 1]')],
+      help='Smallest capacity (uniform profile) or the slow clients\' '
+      'capacity (minority profile), in (0, 1].')
+  slow_client_fraction: float = settings.setting(
+      0.2, checks=[settings.fraction()],
+      help='minority capacity profile: share of slow clients (the same '
+      'clients as the --feature_skew minority for equal fractions).')
 
-  straggler_fraction: float = 0.0
-  straggler_budget: str = 'epochs'
-  straggler_min_steps: int = 1
-  straggler_max_steps: int = 0
-  capacity_profile: str = 'none'
-  min_capacity: float = 0.1
-  slow_client_fraction: float = 0.2
+  def __post_init__(self):
+    self.validate()
 
   def validate(self) -> None:
-    if not 0.0 <= self.straggler_fraction <= 1.0:
-      raise errors.UsageError(
-          f'--straggler_fraction={self.straggler_fraction} must be in [0, 1]')
-    if self.straggler_budget not in STRAGGLER_BUDGETS:
-      raise errors.UsageError(
-          f'--straggler_budget={self.straggler_budget!r} must be one of '
-          f'{", ".join(STRAGGLER_BUDGETS)}')
-    if self.straggler_min_steps < 1:
-      raise errors.UsageError(
-          f'--straggler_min_steps={self.straggler_min_steps} must be >= 1')
+    settings.check_fields(self)
     if 0 < self.straggler_max_steps < self.straggler_min_steps:
       raise errors.UsageError(
           f'--straggler_max_steps={self.straggler_max_steps} must be 0 or >= '
           f'--straggler_min_steps={self.straggler_min_steps}')
-    CAPACITY_PROFILES.get(self.capacity_profile)
-    if not 0.0 <= self.slow_client_fraction <= 1.0:
-      raise errors.UsageError(
-          f'--slow_client_fraction={self.slow_client_fraction} must be in '
-          '[0, 1]')
-    if not 0.0 < self.min_capacity <= 1.0:
-      raise errors.UsageError(
-          f'--min_capacity={self.min_capacity} must be in (0, 1]')
 
   @property
   def enabled(self) -> bool:

@@ -6,7 +6,7 @@ name with `registry.get(name)`, which fails with a message listing the valid
 names.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from tff_pipeline import errors
@@ -20,25 +20,45 @@ class Registry(Generic[T]):
   Args:
     kind: What is registered, used in error messages, e.g. 'partition'.
     flag: The command-line flag that selects an entry, e.g. '--partition'.
+    sort_names: List the names sorted; otherwise in registration order.
   """
 
-  def __init__(self, kind: str, flag: str):
+  def __init__(self, kind: str, flag: str, sort_names: bool = True):
     self.kind = kind
     self.flag = flag
+    self._sort_names = sort_names
     self._entries: dict[str, T] = {}
     self._help: dict[str, str] = {}
+    self._tags: dict[str, tuple[str, ...]] = {}
 
-  def register(self, name: str, help_text: str = '') -> Callable[[T], T]:
-    """Decorator that registers `builder` under `name`."""
+  def register(self, name: str, help_text: str = '',
+               tags: Sequence[str] = ()) -> Callable[[T], T]:
+    """Decorator that registers `builder` under `name`.
+
+    Args:
+      name: The name users select the entry by.
+      help_text: One line for `--help`.
+      tags: Groups the entry belongs to, for `subset` (e.g. the models of
+        one task).
+    """
 
     def decorator(builder: T) -> T:
       if name in self._entries:
         raise ValueError(f'{self.kind} {name!r} is registered twice')
       self._entries[name] = builder
       self._help[name] = help_text
+      self._tags[name] = tuple(tags)
       return builder
 
     return decorator
+
+  def subset(self, tag: str) -> 'Registry[T]':
+    """The entries registered with `tag`, listed in registration order."""
+    subset: Registry[T] = Registry(self.kind, self.flag, sort_names=False)
+    for name, builder in self._entries.items():
+      if tag in self._tags[name]:
+        subset.register(name, self._help[name], self._tags[name])(builder)
+    return subset
 
   def get(self, name: str, flag: str | None = None) -> T:
     """Returns the builder for `name`, or raises `errors.UsageError`.
@@ -57,7 +77,9 @@ class Registry(Generic[T]):
       ) from None
 
   def names(self) -> list[str]:
-    return sorted(self._entries)
+    if self._sort_names:
+      return sorted(self._entries)
+    return list(self._entries)
 
   def help_text(self) -> str:
     """One line per entry, for `--help`."""

@@ -55,7 +55,7 @@ def _adagrad(
 def build_optimizer(
     c: config_lib.OptimizerConfig,
 ) -> tff.learning.optimizers.Optimizer:
-  """Builds the optimizer named by `c.name` (errors list the valid names)."""
+  """Builds the optimizer named by `c.name` (errors list the valid names);
+  `c` checked its other settings when it was built."""
   builder = OPTIMIZERS.get(c.name, flag=f'--{c.role}_optimizer')
-  c.validate()
   return builder(c)

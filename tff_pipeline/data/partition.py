@@ -30,26 +30,24 @@ import numpy as np
 
 from tff_pipeline import errors
 from tff_pipeline import registry
+from tff_pipeline import settings
 from tff_pipeline.data import client_data as client_data_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class PartitionParams:
-  """Parameters of the partitions; each partition reads the ones it needs.
+  """Parameters of the partitions; each partition reads the ones it needs."""
 
-  Attributes:
-    shards_per_client: `shards`: shards given to each client.
-    dirichlet_alpha: `dirichlet`: concentration; smaller is more skewed.
-    quantity_skew_exponent: `quantity_skew`: Pareto shape of client sizes;
-      smaller is more skewed.
-    min_examples_per_client: Lower bound on a client's size for `dirichlet`
-      and `quantity_skew`.
-  """
-
-  shards_per_client: int = 2
-  dirichlet_alpha: float = 0.5
-  quantity_skew_exponent: float = 1.5
-  min_examples_per_client: int = 10
+  shards_per_client: int = settings.setting(
+      2, help='shards: label-sorted shards per client.')
+  dirichlet_alpha: float = settings.setting(
+      0.5, help='dirichlet: concentration; smaller is more skewed.')
+  quantity_skew_exponent: float = settings.setting(
+      1.5, help='quantity_skew: Pareto shape of client sizes; smaller is '
+      'more skewed.')
+  min_examples_per_client: int = settings.internal(
+      10, 'lower bound on a client\'s size for `dirichlet` and '
+      '`quantity_skew`; no flag, the library\'s choice')
 
 
 PartitionFn = Callable[

@@ -26,8 +26,8 @@ import io
 
 import numpy as np
 
-from tff_pipeline import _structure
 from tff_pipeline import errors
+from tff_pipeline import settings
 from tff_pipeline.data import client_data as client_data_lib
 from tff_pipeline.data import partition
 
@@ -39,28 +39,25 @@ _REGRESSION_STREAM = 0x5245_4752
 class RegressionSpec:
   """How to generate the shards. The defaults are the teaching case.
 
-  Attributes:
-    num_clients: Number of clients.
-    examples_per_client: Mean number of examples per client.
-    num_features: Number of features d.
-    true_weights: w*, length d. Empty means 2.0 for every feature.
-    true_bias: b.
-    noise_std: Standard deviation of the label noise.
-    feature_shift: Std of each client's feature mean.
-    weight_heterogeneity: Std of each client's deviation from w*.
-    size_exponent: Pareto shape of client sizes; 0 gives equal sizes.
-    seed: Seed of every random choice.
+  The settings with a flag are declared below; `num_clients` is the shared
+  `--num_clients` (`config.NUM_CLIENTS`) and `seed` the shared `--seed`, the
+  seed of every random choice.
   """
 
   num_clients: int = 10
-  examples_per_client: int = 50
-  num_features: int = 1
-  true_weights: tuple[float, ...] = ()
-  true_bias: float = 1.0
-  noise_std: float = 0.1
-  feature_shift: float = 0.0
-  weight_heterogeneity: float = 0.0
-  size_exponent: float = 0.0
+  examples_per_client: int = settings.setting(
+      50, help='Mean number of examples per client.')
+  num_features: int = settings.setting(1, help='Number of features d.')
+  true_weights: tuple[float, ...] = settings.setting(
+      (), help='True weights w* (d values); empty means 2.0 each.')
+  true_bias: float = settings.setting(1.0, help='True bias b.')
+  noise_std: float = settings.setting(0.1, help='Std of the label noise.')
+  feature_shift: float = settings.setting(
+      0.0, help='Std of each client\'s feature mean (covariate shift).')
+  weight_heterogeneity: float = settings.setting(
+      0.0, help='Std of each client\'s deviation from w* (concept shift).')
+  size_exponent: float = settings.setting(
+      0.0, help='Pareto shape of client sizes; 0 means equal sizes.')
   seed: int = 0
 
   def weights(self) -> np.ndarray:
@@ -92,7 +89,7 @@ class RegressionSpec:
         ('--feature_shift', [self.feature_shift]),
         ('--weight_heterogeneity', [self.weight_heterogeneity]),
         ('--size_exponent', [self.size_exponent])):
-      if not all(_structure.finite_number(v) for v in values):
+      if not all(settings.finite(v) for v in values):
         raise errors.UsageError(
             f'{flag}={",".join(str(v) for v in values)} must be finite')
     if self.seed < 0:

@@ -6,3 +6,4 @@ from tff_pipeline.models.builders import build_linear
 from tff_pipeline.models.builders import count_parameters
 from tff_pipeline.models.builders import ModelBuilder
 from tff_pipeline.models.builders import MODELS
+from tff_pipeline.models.builders import MNIST_MODELS

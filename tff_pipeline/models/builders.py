@@ -35,7 +35,8 @@ def _glorot(seed: int, layer: int) -> tf.keras.initializers.Initializer:
   return tf.keras.initializers.GlorotUniform(seed=seed * 1000 + layer)
 
 
-@MODELS.register('cnn', 'FedAvg paper CNN, 1,663,370 parameters')
+@MODELS.register('cnn', 'FedAvg paper CNN, 1,663,370 parameters',
+                 tags=('mnist',))
 def build_cnn(seed: int, input_dim: int = 784) -> tf.keras.Model:
   """The CNN of McMahan et al. 2017 for 28x28 grayscale digits."""
   if input_dim != 784:
@@ -57,7 +58,8 @@ def build_cnn(seed: int, input_dim: int = 784) -> tf.keras.Model:
   ], name='cnn')
 
 
-@MODELS.register('2nn', 'FedAvg paper 2NN (200-200 ReLU), 199,210 parameters')
+@MODELS.register('2nn', 'FedAvg paper 2NN (200-200 ReLU), 199,210 parameters',
+                 tags=('mnist',))
 def build_2nn(seed: int, input_dim: int = 784) -> tf.keras.Model:
   """The multilayer perceptron of McMahan et al. 2017."""
   layers = tf.keras.layers
@@ -78,6 +80,11 @@ def build_linear(seed: int, input_dim: int = 1) -> tf.keras.Model:
       tf.keras.layers.Dense(1, kernel_initializer='zeros',
                             bias_initializer='zeros'),
   ], name='linear')
+
+
+MNIST_MODELS = MODELS.subset('mnist')
+"""The models for 784-pixel MNIST inputs and 10 classes (`--model` of
+train_mnist), in the order above."""
 
 
 def count_parameters(model: tf.keras.Model) -> int:

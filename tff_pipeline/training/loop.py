@@ -279,8 +279,8 @@ def run_federated(
     errors.PipelineError: for bad configuration, unwritable outputs,
       unusable checkpoints, a non-finite model or an interruption.
   """
-  config.validate(num_clients=len(task.train_data.client_ids))
-  hparams = dict(hparams) if hparams is not None else _config_hparams(config)
+  config.check_num_clients(len(task.train_data.client_ids))
+  hparams = dict(hparams) if hparams is not None else config.hparams()
   paths = prepare_outputs(config)
   checkpoints = checkpoints_lib.CheckpointManager(paths.checkpoint_dir)
   checkpoints.check_run_config(hparams, allow_flag_changes)
@@ -300,20 +300,6 @@ def run_federated(
     finally:
       if own_runtime:
         runtime.close()
-
-
-def _config_hparams(config: config_lib.TrainingConfig) -> dict[str, Any]:
-  flat = {}
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if isinstance(value, config_lib.OptimizerConfig):
-      flat[field.name] = value.name
-      flat[f'{value.role}_learning_rate'] = value.learning_rate
-      flat[f'{value.role}_momentum'] = value.momentum
-      flat[f'{value.role}_epsilon'] = value.epsilon
-    else:
-      flat[field.name] = value
-  return flat
 
 
 def _train(
