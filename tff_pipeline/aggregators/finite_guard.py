@@ -203,13 +203,13 @@ class _GuardBuilder:
             nonfinite_count=nonfinite)
 
     result_type = inner_output.result.member
-
-    @tff.tensorflow.computation(result_type, count_type)
-    def zero_if_unweighted(result, counts):
-      # The inner mean divided 0 by 0 if no client kept a positive weight.
-      nonzero = counts['weighted'] > 0
-      return _pack([tf.where(nonzero, t, tf.zeros_like(t))
-                    for t in _flatten(result, result_type)], result_type)
+    if weighted:
+      @tff.tensorflow.computation(result_type, count_type)
+      def zero_if_unweighted(result, counts):
+        # The inner mean divided 0 by 0 if no client kept a positive weight.
+        nonzero = counts['weighted'] > 0
+        return _pack([tf.where(nonzero, t, tf.zeros_like(t))
+                      for t in _flatten(result, result_type)], result_type)
 
     @tff.federated_computation
     def init_fn():
