@@ -68,7 +68,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-# pylint: disable=protected-access
 from tff_pipeline.aggregators import robust
 
 COUNT_DTYPE = np.int32
@@ -79,8 +78,10 @@ NONFINITE_COUNT = 'nonfinite_count'
 Factory = (tff.aggregators.WeightedAggregationFactory
            | tff.aggregators.UnweightedAggregationFactory)
 
-_flatten = robust._flatten
-_pack = robust._pack
+# robust.py's helpers between values and the value type's containers, shared
+# rather than copied (a neutral home for them is up to the package's owner).
+_flatten = robust._flatten  # pylint: disable=protected-access
+_pack = robust._pack  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------
