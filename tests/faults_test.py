@@ -61,6 +61,35 @@ def test_nan_updates_stop_a_plain_mean_within_the_round(regression_task,
   assert summary['status'] == 'failed' and summary['rounds_completed'] == 0
 
 
+@pytest.mark.parametrize('aggregation, measurements', [
+    (dict(zeroing=True), {'aggregator/zeroed_count': 3}),
+    (dict(clip_norm=100.0), {'aggregator/clipped_count': 3}),
+    # The outer guard (zeroing) catches them; the clipping inside sees none.
+    (dict(clip_norm=100.0, zeroing=True),
+     {'aggregator/zeroed_count': 3, 'aggregator/zeroing/nonfinite_count': 0}),
+    # DP's fixed clip is checked against NumPy in finite_guard_test.
+    (dict(dp_noise_multiplier=0.1, dp_adaptive_clipping=True), {}),
+])
+def test_guards_neutralise_and_count_nan_updates(regression_task, tmp_path,
+                                                 tff_runtime, aggregation,
+                                                 measurements):
+  """--zeroing, --clip_norm and DP zero or drop the NaN/inf updates (3 of 10
+  a round) and the CSV counts them; the model stays finite. (Honest updates
+  are far below the zeroing threshold and the clip norm here.)"""
+  result = loop.run_federated(
+      regression_task, _regression_config(
+          tmp_path, 'guard', aggregation=config_lib.AggregationConfig(
+              **aggregation)),
+      runtime=tff_runtime, progress=False)
+  assert all(np.all(np.isfinite(w)) for w in result.final_weights)
+  assert len(result.history) == 4
+  for row in result.history:
+    assert row['faults/num_faulty'] == 3
+    assert row['aggregator/nonfinite_count'] == 3
+    for name, count in measurements.items():
+      assert row[name] == count
+
+
 @pytest.mark.parametrize('aggregator, measurement', [
     ('median', 'aggregator/num_excluded'),
     ('trimmed_mean', 'aggregator/num_excluded'),
@@ -129,16 +158,23 @@ def _mnist_accuracy(task, tmp_path, runtime, name, **changes):
   return result.summary['final_eval_accuracy']
 
 
+@pytest.fixture(scope='module')
+def clean_mnist_accuracy(mnist_task, tmp_path_factory, tff_runtime):
+  return _mnist_accuracy(mnist_task, tmp_path_factory.mktemp('clean'),
+                         tff_runtime, 'clean')
+
+
 @pytest.mark.slow
-def test_mnist_faulty_clients_are_tolerated(mnist_task, tmp_path, tff_runtime):
+def test_mnist_faulty_clients_are_tolerated(mnist_task, tmp_path, tff_runtime,
+                                            clean_mnist_accuracy):
   """Issue acceptance: 20% NaN clients with a robust aggregator stay within 2
   points of the clean run after 10 rounds; 20% x100-scaled clients with
   clipping within 3 points.
 
-  Slow (three 10-round MNIST runs); the default suite checks on regression
-  that the faults reach the aggregator and that the robust options drop them.
+  Slow (10-round MNIST runs); the default suite checks on regression that the
+  faults reach the aggregator and that the robust options drop them.
   """
-  clean = _mnist_accuracy(mnist_task, tmp_path, tff_runtime, 'clean')
+  clean = clean_mnist_accuracy
   nan_median = _mnist_accuracy(
       mnist_task, tmp_path, tff_runtime, 'nan_median', aggregator='median',
       faults=faults.FaultInjection(0.2, 'nan'))
@@ -146,6 +182,60 @@ def test_mnist_faulty_clients_are_tolerated(mnist_task, tmp_path, tff_runtime):
       mnist_task, tmp_path, tff_runtime, 'scale_clip',
       aggregation=config_lib.AggregationConfig(clip_norm=1.0),
       faults=faults.FaultInjection(0.2, 'scale'))
+  print(f'\nFAULT_TABLE clean {clean:.4f} nan_median {nan_median:.4f} '
+        f'scale_clip {scale_clip:.4f}')
   assert clean > 0.9
   assert nan_median >= clean - 0.02, (clean, nan_median)
   assert scale_clip >= clean - 0.03, (clean, scale_clip)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('aggregation', [dict(zeroing=True),
+                                         dict(clip_norm=1.0)])
+def test_mnist_nan_clients_are_tolerated_by_the_guards(
+    mnist_task, tmp_path, tff_runtime, clean_mnist_accuracy, aggregation):
+  """Issue 14 acceptance: 20% NaN/inf clients with --zeroing alone, or with
+  --clip_norm=1.0 alone, stay within 2 points of the clean run."""
+  name = '_'.join(aggregation)
+  accuracy = _mnist_accuracy(
+      mnist_task, tmp_path, tff_runtime, f'nan_{name}',
+      aggregation=config_lib.AggregationConfig(**aggregation),
+      faults=faults.FaultInjection(0.2, 'nan'))
+  print(f'\nFAULT_TABLE nan_{name} {accuracy:.4f} clean '
+        f'{clean_mnist_accuracy:.4f}')
+  assert clean_mnist_accuracy > 0.9
+  assert accuracy >= clean_mnist_accuracy - 0.02, (clean_mnist_accuracy,
+                                                   accuracy)
+
+
+# The other cells of docs/faults.md's table: (fault mode, options, whether
+# the option tolerates the fault: within 2 points of the clean run, or not:
+# below 50%).
+FAULT_TABLE = {
+    'nan_trimmed_mean': ('nan', dict(aggregator='trimmed_mean'), True),
+    'nan_compensated': ('nan', dict(aggregator='compensated'), True),
+    # 20% of huge norms drag the 98th-percentile estimate up to them.
+    'scale_zeroing': ('scale', dict(aggregation=config_lib.AggregationConfig(
+        zeroing=True)), False),
+    'scale_median': ('scale', dict(aggregator='median'), True),
+    'sign_flip_mean': ('sign_flip', {}, True),
+    'sign_flip_median': ('sign_flip', dict(aggregator='median'), True),
+    'zero_examples_mean': ('zero_examples', {}, True),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('cell', list(FAULT_TABLE))
+def test_mnist_fault_table(mnist_task, tmp_path, tff_runtime,
+                           clean_mnist_accuracy, cell):
+  """docs/faults.md: 20% faulty clients, 10 rounds of the 2NN."""
+  mode, changes, tolerated = FAULT_TABLE[cell]
+  accuracy = _mnist_accuracy(mnist_task, tmp_path, tff_runtime, cell,
+                             faults=faults.FaultInjection(0.2, mode),
+                             **changes)
+  print(f'\nFAULT_TABLE {cell} {accuracy:.4f} clean '
+        f'{clean_mnist_accuracy:.4f}')
+  if tolerated:
+    assert accuracy >= clean_mnist_accuracy - 0.02, (cell, accuracy)
+  else:
+    assert accuracy < 0.5, (cell, accuracy)

@@ -59,11 +59,15 @@ def pack(leaves: Sequence[tf.Tensor], type_spec: tff.Type) -> object:
 
 
 def all_finite(structure: object) -> tf.Tensor:
-  """A boolean scalar tensor: every value of every tensor is finite.
+  """A boolean scalar tensor: every floating-point value is finite.
+
+  Integer tensors cannot hold NaN or inf and are skipped; an empty structure
+  is finite.
 
   Args:
     structure: A tensor, or a nest of tensors `tf.nest` can flatten (pass
       Structs through `to_python` first).
   """
-  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
-                        for t in tf.nest.flatten(structure)])
+  checks = [tf.reduce_all(tf.math.is_finite(t))
+            for t in tf.nest.flatten(structure) if t.dtype.is_floating]
+  return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)

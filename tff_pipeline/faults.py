@@ -19,11 +19,13 @@ tests/aggregators/compensation_test.py); `zero_examples` works with every
 algorithm.
 
 Robust options that tolerate them: `--aggregator=median|trimmed_mean|
-compensated` drop non-finite updates; `--clip_norm` bounds scaled ones;
-`--zeroing` zeroes updates far larger than usual (it catches inf, but not NaN,
-whose norm compares false). Without them a NaN or inf update makes the
-aggregate non-finite, which TFF's finalizer rejects, and the training loop
-stops with an error naming the round.
+compensated` drop non-finite updates; `--clip_norm` drops non-finite updates
+and bounds scaled ones; `--zeroing` zeroes non-finite updates and updates far
+larger than usual; DP (`--dp_noise_multiplier`) gives non-finite updates a
+zero contribution (`aggregators/finite_guard.py`). Without them a NaN or inf
+update makes the aggregate non-finite, which TFF's finalizer rejects, and the
+training loop stops with an error naming the round. docs/faults.md has the
+table of which option tolerates which fault, as measured by the tests.
 """
 
 from __future__ import annotations

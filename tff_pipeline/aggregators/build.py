@@ -47,6 +47,7 @@ import tensorflow_federated as tff
 from tff_pipeline import config as config_lib
 from tff_pipeline import registry
 from tff_pipeline.aggregators import compensation
+from tff_pipeline.aggregators import finite_guard
 from tff_pipeline.aggregators import precise_sum
 from tff_pipeline.aggregators import robust
 
@@ -113,14 +114,15 @@ def _wrapped(config: config_lib.TrainingConfig, core: Factory) -> Factory:
   agg = config.aggregation
   count_sum = (tff.aggregators.SecureSumFactory(1, 0)
                if agg.secure_aggregation else None)
-  factory = core
+  # Non-finite updates never reach clipping, zeroing or DP (finite_guard.py).
+  factory = finite_guard.dp_factory(core) if agg.dp else core
   if agg.clip_norm > 0:
-    factory = tff.aggregators.clipping_factory(
+    factory = finite_guard.clipping_factory(
         agg.clip_norm, factory, clipped_count_sum_factory=count_sum)
   if agg.zeroing:
     norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
         secure_estimation=agg.secure_aggregation, **_ZEROING_NORM)
-    factory = tff.aggregators.zeroing_factory(
+    factory = finite_guard.zeroing_factory(
         norm, factory, zeroed_count_sum_factory=count_sum)
   return factory
 
