@@ -30,6 +30,11 @@ def to_python(value: object) -> object:
   return value
 
 
+def element_names(type_spec: tff.StructType) -> list[str | None]:
+  """The names of a struct type's elements, in order (None: unnamed)."""
+  return [name for name, _ in tff.structure.iter_elements(type_spec)]
+
+
 def leaf_types(type_spec: tff.Type) -> list[tff.TensorType]:
   """The tensor types of `type_spec` (a tensor or struct type), TFF order."""
   if isinstance(type_spec, tff.StructType):

@@ -246,8 +246,7 @@ class _GuardBuilder:
     if not isinstance(measurement_type, tff.StructType):
       names = None
     else:
-      names = [name for name, _ in tff.structure.iter_elements(
-          measurement_type)]
+      names = _structure.element_names(measurement_type)
       if not names or None in names or NONFINITE_COUNT in names:
         names = None
     if self.count_into is not None and self.count_into not in (names or []):
