@@ -79,11 +79,13 @@ class AggregationConfig:
       '[0, 0.5).')
   clip_norm: float = setting(
       0.0, checks=[settings.at_least(0, 'must be >= 0 (0 turns it off)')],
-      help='Clip each client update to this L2 norm; 0 turns it off.')
+      help='Clip each client update to this L2 norm, and drop (weight 0) '
+      'updates with NaN or inf values; 0 turns it off.')
   zeroing: bool = setting(
       False,
       help='Zero out updates whose norm is far above the recent ones '
-      '(adaptive 98th percentile, as in tff.learning).')
+      '(adaptive 98th percentile, as in tff.learning), and updates with NaN '
+      'or inf values.')
   dp_noise_multiplier: float = setting(
       0.0, checks=[settings.at_least(0, 'must be >= 0 (0 turns DP off)')],
       help='Differential privacy: Gaussian noise stddev / clip norm; > 0 '
@@ -272,8 +274,8 @@ AGGREGATORS_OF_INDIVIDUAL_UPDATES = ('median', 'trimmed_mean')
 def check_combinations(config: TrainingConfig) -> None:
   """Raises `errors.UsageError` if settings of `config` do not go together.
 
-  The builders of aggregators and algorithms rely on these rules and call
-  this too, for configs built by hand and never validated.
+  `TrainingConfig` calls it at construction, so the builders of aggregators
+  and algorithms never see a config that breaks these rules.
   """
   agg = config.aggregation
   on = dict(zip(SUM_REPLACEMENTS, (agg.dp, agg.secure_aggregation,

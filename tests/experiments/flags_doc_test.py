@@ -13,7 +13,8 @@ from tff_pipeline.data import regression
 # wrote them.
 MNIST_HPARAMS = [
     'experiment_name', 'root_output_dir', 'seed', 'allow_flag_changes',
-    'progress', 'workers', 'worker_connect_timeout', 'total_rounds',
+    'progress', 'workers', 'worker_connect_timeout', 'worker_tls_ca',
+    'worker_tls_cert', 'worker_tls_key', 'total_rounds',
     'num_clients', 'clients_per_round', 'client_epochs_per_round',
     'client_batch_size', 'algorithm', 'aggregator', 'rounds_per_eval',
     'rounds_per_checkpoint', 'client_optimizer', 'client_learning_rate',

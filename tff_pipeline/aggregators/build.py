@@ -180,9 +180,9 @@ def build_aggregator(
   """The model aggregator selected by `config.aggregator` and its flags.
 
   Raises:
-    errors.UsageError: if the name is unknown, or `config` combines settings
-      that do not go together (`config.check_combinations`).
+    errors.UsageError: if the name is unknown. (Settings that do not go
+      together never reach here: `config.check_combinations` refuses them
+      when the config is constructed.)
   """
   builder = AGGREGATORS.get(config.aggregator)
-  config_lib.check_combinations(config)
   return builder(config)

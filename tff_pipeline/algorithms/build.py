@@ -215,11 +215,11 @@ def build_algorithm(
   """Builds the algorithm named by `config.algorithm`.
 
   Raises:
-    errors.UsageError: if the name is unknown, or `config` combines settings
-      that do not go together (`config.check_combinations`).
+    errors.UsageError: if the name is unknown. (Settings that do not go
+      together never reach here: `config.check_combinations` refuses them
+      when the config is constructed.)
   """
   builder = ALGORITHMS.get(config.algorithm)
-  config_lib.check_combinations(config)
   if not isinstance(model_aggregator, (
       tff.aggregators.WeightedAggregationFactory,
       tff.aggregators.UnweightedAggregationFactory)):
