@@ -10,9 +10,10 @@ The blocks' order is that of the `hparams.csv` columns and of docs/flags.md
 (`python -m experiments.flags_doc`).
 
 To add a flag: declare the field with `settings.setting(...)` in its config
-dataclass and add its name to a block of `TRAINING_BLOCKS`. A `RunOptions`
-field reaches `loop.run_federated` as the keyword argument of its name
-(the three `worker_tls_*` flags together become its `worker_tls`).
+dataclass; name it in a block of `TRAINING_BLOCKS` unless the block already
+takes the rest of that dataclass's settings (as the aggregation block does).
+A `RunOptions` field reaches `loop.run_federated` as the keyword argument of
+its name (the three `worker_tls_*` flags together become its `worker_tls`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tff_pipeline import settings
 
 FLAGS = flags.FLAGS
 
-TRAINING_BLOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+TRAINING_BLOCKS: tuple[tuple[str, tuple[str | type, ...]], ...] = (
     ('Experiment, output and execution', (
         'experiment_name', 'root_output_dir', 'seed', 'allow_flag_changes',
         'progress', 'workers', 'worker_connect_timeout', 'worker_tls_ca',
@@ -56,10 +57,23 @@ TRAINING_BLOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
          'proximal_strength', 'trim_fraction', 'clip_norm', 'zeroing',
          'dp_noise_multiplier', 'dp_clip_norm', 'dp_adaptive_clipping',
          'dp_delta', 'secure_aggregation', 'compression',
-         'compression_bits')),
+         'compression_bits', config_lib.AggregationConfig)),
     ('Faulty clients', ('faulty_client_fraction', 'faulty_mode')),
 )
-"""The shared flags, in blocks: (title, flag names)."""
+"""The shared flags, in blocks: (title, entries). An entry is a flag name,
+or a config dataclass standing for those of its settings that no block names
+(in declaration order): a new `AggregationConfig` setting gets its flag, its
+`hparams.csv` column and its docs/flags.md row with no edit here."""
+
+
+def training_blocks() -> list[tuple[str, list[str]]]:
+  """`TRAINING_BLOCKS` with each config dataclass expanded to flag names."""
+  named = {entry for _, entries in TRAINING_BLOCKS for entry in entries
+           if isinstance(entry, str)}
+  return [(title, [name for entry in entries for name in (
+      [entry] if isinstance(entry, str) else
+      [d.flag for d in settings.walk(entry) if d.flag not in named])])
+          for title, entries in TRAINING_BLOCKS]
 
 
 def training_settings() -> dict[str, settings.Declared]:
@@ -130,7 +144,7 @@ def define_training_flags(**defaults: Any) -> None:
   unknown = set(defaults) - set(catalogue)
   if unknown:
     raise ValueError(f'unknown flag defaults: {sorted(unknown)}')
-  for title, names in TRAINING_BLOCKS:
+  for title, names in training_blocks():
     define_block(title, [catalogue[name] for name in names],
                  {n: v for n, v in defaults.items() if n in names})
 

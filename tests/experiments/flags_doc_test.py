@@ -48,7 +48,7 @@ def test_docs_flags_md_is_up_to_date():
 
 
 def test_blocks_hold_every_shared_setting_once():
-  laid_out = [n for _, names in common_flags.TRAINING_BLOCKS for n in names]
+  laid_out = [n for _, names in common_flags.training_blocks() for n in names]
   assert len(laid_out) == len(set(laid_out))
   assert set(laid_out) == set(common_flags.training_settings())
 
