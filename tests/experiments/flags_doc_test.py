@@ -66,7 +66,11 @@ def test_each_binary_defines_a_flag_per_declared_setting(
 
 def test_mnist_flags_keep_their_order_defaults_and_choices(collected):
   blocks, values = collected['train_mnist']
-  assert _names(blocks) == MNIST_HPARAMS
+  # The columns of earlier runs keep their order; settings added since (the
+  # rest of a config dataclass, see common_flags.TRAINING_BLOCKS) follow
+  # within their block.
+  names = _names(blocks)
+  assert [n for n in names if n in MNIST_HPARAMS] == MNIST_HPARAMS
   assert values['model'].parser.enum_values == ['cnn', '2nn']
   assert values['total_rounds'].default == 20
   assert values['rounds_per_checkpoint'].default == 5
