@@ -67,3 +67,10 @@ def test_combinations_that_go_together_pass():
                               secure_aggregation=True))):
     config_lib.check_combinations(config)
     config.validate(num_clients=10)
+
+
+@pytest.mark.parametrize('value', [0.0, 1.0, float('nan'), 2])
+def test_zeroing_quantile_must_be_a_probability(value):
+  with pytest.raises(errors.UsageError,
+                     match=rf'--zeroing_quantile={value} must be in \(0, 1\)'):
+    config_lib.AggregationConfig(zeroing_quantile=value)

@@ -115,6 +115,13 @@ class AggregationConfig:
   compression_bits: int = setting(
       8, checks=[Check(lambda v: 1 <= v <= 16, 'must be in 1..16')],
       help='compression: bits per quantized value.')
+  zeroing_quantile: float = setting(
+      0.98,
+      checks=[Check(lambda v: settings.finite(v) and 0 < v < 1,
+                    'must be in (0, 1)')],
+      help='zeroing: the quantile of recent update norms that the '
+      'threshold tracks (times 2, plus 1); lower it below 1 - the share of '
+      'faulty clients, or their huge updates raise the threshold past them.')
 
   def __post_init__(self):
     self.validate()

@@ -62,9 +62,9 @@ AGGREGATORS: registry.Registry[AggregatorBuilder] = registry.Registry(
 
 # Same settings as TFF's own adaptive estimates in tff.learning's composed
 # aggregators (learning/model_update_aggregator.py).
-_ZEROING_NORM = dict(initial_estimate=10.0, target_quantile=0.98,
-                     learning_rate=math.log(10.0), multiplier=2.0,
-                     increment=1.0)
+# (The target quantile is --zeroing_quantile, 0.98 by default as in TFF.)
+_ZEROING_NORM = dict(initial_estimate=10.0, learning_rate=math.log(10.0),
+                     multiplier=2.0, increment=1.0)
 _SECURE_BOUND = dict(initial_estimate=50.0, target_quantile=0.95,
                      learning_rate=1.0, multiplier=2.0)
 _SECURE_MAX_WEIGHT = float(2**20 - 1)
@@ -121,7 +121,8 @@ def _wrapped(config: config_lib.TrainingConfig, core: Factory) -> Factory:
         agg.clip_norm, factory, clipped_count_sum_factory=count_sum)
   if agg.zeroing:
     norm = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-        secure_estimation=agg.secure_aggregation, **_ZEROING_NORM)
+        secure_estimation=agg.secure_aggregation,
+        target_quantile=agg.zeroing_quantile, **_ZEROING_NORM)
     factory = finite_guard.zeroing_factory(
         norm, factory, zeroed_count_sum_factory=count_sum)
   return factory
