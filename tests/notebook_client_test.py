@@ -19,6 +19,7 @@ import pytest
 
 from tests import helpers
 from tff_pipeline import notebook_client as nc
+from tff_pipeline import notebook_environment
 from tff_pipeline import tf_noise
 
 # TF 2.14.1's three lines, verbatim from `python -c 'import tensorflow'`.
@@ -246,9 +247,9 @@ def test_interrupted_install_leaves_nothing_trusted(tmp_path):
     nc.build_environment(python311(), project, str(cache), say=interrupt)
   assert sorted(os.listdir(cache)) == ['install.log']
   # A directory at the final name without the ready mark is never used.
-  final, digest = nc._built_location(str(cache), project)
+  final, digest = notebook_environment._built_location(str(cache), project)
   os.makedirs(os.path.join(final, 'bin'))
-  assert not nc._is_ready(final, digest)
+  assert not notebook_environment._is_ready(final, digest)
 
 
 # --- installed copies -------------------------------------------------------

@@ -72,3 +72,14 @@ def test_library_example_trains(tmp_path, tff_runtime):
   assert summary['rounds_completed'] == 5
   # Five rounds of the 2NN on non-IID clients: well above chance (0.1).
   assert accuracy > 0.5
+
+
+def test_relative_links_of_the_docs_resolve():
+  pages = [ROOT / 'README.md', ROOT / 'BUILD.md',
+           ROOT / 'benchmarks' / 'README.md', *sorted(ROOT.glob('docs/*.md'))]
+  broken = []
+  for page in pages:
+    for link in re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', page.read_text()):
+      if not re.match(r'[a-z]+:', link) and not (page.parent / link).exists():
+        broken.append(f'{page.relative_to(ROOT)}: {link}')
+  assert not broken
