@@ -23,7 +23,8 @@ TRAINING_FLAGS = [
     'compensation_q', 'compensation_max_factor', 'trim_fraction', 'clip_norm',
     'zeroing', 'dp_noise_multiplier', 'dp_clip_norm', 'dp_adaptive_clipping',
     'dp_delta', 'secure_aggregation', 'compression', 'compression_bits',
-    'proximal_strength', 'faulty_client_fraction', 'faulty_mode']
+    'zeroing_quantile', 'proximal_strength', 'faulty_client_fraction',
+    'faulty_mode']
 
 BASE = config_lib.TrainingConfig(experiment_name='x', root_output_dir='/tmp/x')
 
