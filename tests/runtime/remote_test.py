@@ -1,6 +1,7 @@
 """Remote TFF workers on loopback: same model as a local run, clear errors
 when a worker dies, and resumption once it is back."""
 
+from concurrent import futures
 import csv
 import json
 import signal
@@ -18,8 +19,9 @@ MNIST_ARGS = ['--experiment_name=remote', '--model=2nn', '--num_clients=20',
               '--progress=false']
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def two_workers():
+  """Two workers for the module (a test that kills one replaces it)."""
   before = helpers.worker_binary_pids()
   pool = [helpers.RunWorker(portpicker.pick_unused_port()) for _ in range(2)]
   yield pool
@@ -57,24 +59,26 @@ def test_two_workers_give_the_local_model(tmp_path, two_workers):
 def test_dead_worker_is_named_and_the_run_resumes(tmp_path, two_workers):
   root = tmp_path / 'run'
   addresses = ','.join(w.address for w in two_workers)
-  # 2 clients of 15000 images a round: a round takes a few seconds.
-  args = [*MNIST_ARGS, '--num_clients=4', '--clients_per_round=2',
+  # 2 clients of 3000 images a round, one on each worker: the round after
+  # the kill needs the dead worker, and 4 rounds are left to run then.
+  args = [*MNIST_ARGS, '--clients_per_round=2',
           '--client_batch_size=50', '--total_rounds=5',
           f'--root_output_dir={root}', f'--workers={addresses}',
           '--worker_connect_timeout=5']
-  run = helpers.start_binary('experiments.train_mnist', *args)
   summary_path = root / 'results' / 'remote' / 'summary.json'
-  try:
+  # The run is in the binary's long-lived test process (no new interpreter);
+  # this thread waits for its first round, then kills a worker.
+  with futures.ThreadPoolExecutor(max_workers=1) as executor:
+    running = executor.submit(helpers.run_binary_in_process,
+                              'experiments.train_mnist', *args, timeout=420)
     assert workers.wait_until(
         lambda: helpers.rounds_completed(summary_path) >= 1, timeout=300,
         interval=0.2)
     two_workers[1].stop(signal.SIGKILL)
-    _, stderr = run.communicate(timeout=120)
-  finally:
-    run.kill()
+    run = running.result(timeout=480)
   assert run.returncode != 0
-  error = [l for l in stderr.splitlines() if l.startswith('error:')]
-  assert len(error) == 1, stderr
+  error = [l for l in run.stderr.splitlines() if l.startswith('error:')]
+  assert len(error) == 1, run.stderr
   assert f'TFF worker {two_workers[1].address} is not reachable' in error[0]
   assert 'run the same command again to resume' in error[0]
   completed = json.loads(summary_path.read_text())['rounds_completed']
