@@ -89,14 +89,19 @@ def test_corrupt_mnist_file_and_unwritable_output(tmp_path):
 
 
 def test_missing_experiment_name(tmp_path):
-  done = helpers.run_binary(MODULE, f'--root_output_dir={tmp_path}', *TINY)
+  done = helpers.run_binary_in_process(MODULE, f'--root_output_dir={tmp_path}',
+                                       *TINY)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1] == (
       'error: --experiment_name is required (or pass --flagfile=NAME.flags, '
       'which names the run NAME)')
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+# Both signals go through one handler (`runtime.lifecycle`): SIGTERM, whose
+# default action would skip all cleanup, runs by default, SIGINT in
+# `make test-slow`.
+@pytest.mark.parametrize('signum', [
+    pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_signal_saves_progress_stops_worker_and_resume_finishes(
     tmp_path, signum):
   # 2 clients of 30000 images, batch 50: a round takes a second or more, so
