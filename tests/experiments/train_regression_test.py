@@ -35,10 +35,10 @@ def test_teaching_defaults_reach_the_closed_form_optimum(tmp_path):
 
 
 def test_bad_regression_flags(tmp_path):
-  done = helpers.run_binary('experiments.train_regression',
-                            '--experiment_name=bad',
-                            f'--root_output_dir={tmp_path}',
-                            '--true_weights=1,x')
+  done = helpers.run_binary_in_process('experiments.train_regression',
+                                       '--experiment_name=bad',
+                                       f'--root_output_dir={tmp_path}',
+                                       '--true_weights=1,x')
   assert done.returncode == 2
   assert 'error: --true_weights=1,x must be a comma-separated list' in (
       done.stderr)

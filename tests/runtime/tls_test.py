@@ -152,7 +152,7 @@ def test_tls_coordinator_and_a_plaintext_worker_say_so(certs):
 def test_coordinator_binary_prints_one_line_without_traceback(certs,
                                                               tls_workers,
                                                               tmp_path):
-  run = helpers.run_binary(
+  run = helpers.run_binary_in_process(
       'experiments.train_regression', '--experiment_name=refused',
       f'--root_output_dir={tmp_path}', '--total_rounds=1', '--progress=false',
       f'--workers={tls_workers[1].address}', '--worker_connect_timeout=2',
