@@ -192,7 +192,7 @@ def test_write_report(fedsgd, drift, compute, dp, tmp_path):
 
 def test_binary_runs_a_lesson_and_writes_the_report(tmp_path):
   out = tmp_path / 'out'
-  result = helpers.run_binary(
+  result = helpers.run_binary_in_process(
       'experiments.regression_lessons', '--small',
       '--lessons=fedsgd_equals_gd', f'--root_output_dir={out}')
   assert result.returncode == 0, result.stderr
@@ -204,9 +204,9 @@ def test_binary_runs_a_lesson_and_writes_the_report(tmp_path):
 
 
 def test_binary_rejects_an_unknown_lesson(tmp_path):
-  result = helpers.run_binary('experiments.regression_lessons',
-                              '--lessons=fedsgd_equals_gd,nope',
-                              f'--root_output_dir={tmp_path}')
+  result = helpers.run_binary_in_process('experiments.regression_lessons',
+                                         '--lessons=fedsgd_equals_gd,nope',
+                                         f'--root_output_dir={tmp_path}')
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: --lessons='nope' is not a known lesson")
