@@ -226,6 +226,7 @@ def run_soak(root: str) -> dict[str, Any]:
   from tff_pipeline import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
   from tff_pipeline import tasks  # pylint: disable=g-import-not-at-top
   from tff_pipeline.training import loop  # pylint: disable=g-import-not-at-top
+  from tff_pipeline.training import memory as memory_lib  # pylint: disable=g-import-not-at-top
 
   task = tasks.build_mnist_task(tasks.MnistTaskSpec(
       model='2nn', partition='iid', num_clients=_NUM_CLIENTS.value,
@@ -245,7 +246,18 @@ def run_soak(root: str) -> dict[str, Any]:
     seconds[round_num] = row['round_seconds']
     csv_memory[round_num] = {k: row[k] for k in row if k.startswith('memory/')}
 
+  # What the loop's per-round `malloc_trim` costs: time each call.
+  trim_seconds: list[float] = []
+  release_free_heap = memory_lib.release_free_heap
+
+  def timed_release_free_heap() -> bool:
+    trim_start = time.perf_counter()
+    released = release_free_heap()
+    trim_seconds.append(time.perf_counter() - trim_start)
+    return released
+
   start = time.perf_counter()
+  memory_lib.release_free_heap = timed_release_free_heap
   try:
     if _MODE.value == 'remote':
       remote_workers = [runtime_lib.WorkerProcess().start() for _ in range(2)]
@@ -253,6 +265,7 @@ def run_soak(root: str) -> dict[str, Any]:
         task, config, workers=[w.address for w in remote_workers],
         progress=False, on_round_end=on_round_end)
   finally:
+    memory_lib.release_free_heap = release_free_heap
     for worker in remote_workers:
       worker.stop()
   wall = time.perf_counter() - start
@@ -273,6 +286,11 @@ def run_soak(root: str) -> dict[str, Any]:
       'rounds_per_checkpoint': _CHECKPOINT_EVERY.value,
       'wall_seconds': wall,
       'round_seconds_median': report.median(list(seconds.values())),
+      'wall_seconds_per_round': wall / max(1, len(seconds)),
+      'malloc_trim_calls': len(trim_seconds),
+      'malloc_trim_seconds_median': (report.median(trim_seconds)
+                                     if trim_seconds else None),
+      'malloc_trim_seconds_total': math.fsum(trim_seconds),
       'verdicts': verdicts,
       'growth_by_round_kind': growth_by_kind,
       'ok': all(v['ok'] for v in verdicts.values()),
@@ -324,6 +342,12 @@ def print_report(result: Mapping[str, Any], series_rounds: Sequence[int]
   print(f'\nwall {result["wall_seconds"]:.0f} s, median round '
         f'{result["round_seconds_median"] * 1000:.0f} ms; leaked workers: '
         f'{result["leaked_workers"] or "none"}', flush=True)
+  if result['malloc_trim_calls']:
+    print(f'malloc_trim: {result["malloc_trim_calls"]} calls, median '
+          f'{result["malloc_trim_seconds_median"] * 1000:.2f} ms, total '
+          f'{result["malloc_trim_seconds_total"]:.1f} s '
+          f'({result["malloc_trim_seconds_total"] / result["wall_seconds"]:.1%}'
+          ' of the wall time)', flush=True)
 
 
 def main(argv: list[str]) -> None:
