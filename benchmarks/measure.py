@@ -3,7 +3,8 @@ and `psutil`, the environment a worker starts with, other TFF workers.
 
 Memory is read from `/proc` (exact high-water marks) with `psutil` sampling
 as a fallback, so the benchmarks need Linux for the memory columns and
-print `n/a` elsewhere. Nothing here imports TensorFlow, so a driver that
+print `n/a` elsewhere. Nothing here imports TensorFlow (the current RSS is
+`tff_pipeline.training.memory`'s, which does not either), so a driver that
 only launches subprocesses can use it.
 """
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import psutil
+
+from tff_pipeline.training import memory as pipeline_memory
 
 
 def _proc_status_kib(pid: int, field: str) -> int | None:
@@ -39,12 +42,9 @@ def peak_rss_bytes(pid: int) -> int | None:
   return None if kib is None else kib * 1024
 
 
-def rss_bytes(pid: int) -> int | None:
-  """Current resident set size of a process, or None if it is gone."""
-  try:
-    return int(psutil.Process(pid).memory_info().rss)
-  except psutil.Error:
-    return None
+# Current resident set size of a process in bytes, or None if it is gone:
+# the reading of the pipeline's memory columns.
+rss_bytes = pipeline_memory.rss_bytes
 
 
 def self_peak_rss_bytes() -> int:

@@ -169,6 +169,39 @@ def verdict(samples: Mapping[int, Mapping[str, float]],
   return result
 
 
+def growth_by_round_kind(samples: Mapping[int, Mapping[str, float]],
+                         baseline_round: int, rounds_per_eval: int,
+                         rounds_per_checkpoint: int
+                         ) -> dict[str, dict[str, float]]:
+  """Where the RSS grew: the change from each round to the next, summed
+  over the rounds after `baseline_round` by what the round did.
+
+  A round that writes a checkpoint (every `rounds_per_checkpoint` rounds,
+  and the last) is 'checkpoint' (it may also evaluate); one that only
+  evaluates is 'eval'; the rest are 'plain'. The three sums add up to the
+  growth from the baseline round to the last.
+
+  Returns:
+    kind -> {'rounds': how many, 'rss_change_mib': summed change}.
+  """
+  last = max(samples)
+  kinds = {kind: {'rounds': 0, 'rss_change_mib': 0.0}
+           for kind in ('checkpoint', 'eval', 'plain')}
+  for r in range(baseline_round + 1, last + 1):
+    if r not in samples or r - 1 not in samples:
+      continue
+    if r % rounds_per_checkpoint == 0 or r == last:
+      kind = 'checkpoint'
+    elif r % rounds_per_eval == 0:
+      kind = 'eval'
+    else:
+      kind = 'plain'
+    kinds[kind]['rounds'] += 1
+    kinds[kind]['rss_change_mib'] += (samples[r]['rss_mib']
+                                      - samples[r - 1]['rss_mib'])
+  return kinds
+
+
 def _config(root: str) -> Any:
   from tff_pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
 
@@ -193,6 +226,7 @@ def run_soak(root: str) -> dict[str, Any]:
   from tff_pipeline import runtime as runtime_lib  # pylint: disable=g-import-not-at-top
   from tff_pipeline import tasks  # pylint: disable=g-import-not-at-top
   from tff_pipeline.training import loop  # pylint: disable=g-import-not-at-top
+  from tff_pipeline.training import memory as memory_lib  # pylint: disable=g-import-not-at-top
 
   task = tasks.build_mnist_task(tasks.MnistTaskSpec(
       model='2nn', partition='iid', num_clients=_NUM_CLIENTS.value,
@@ -212,7 +246,18 @@ def run_soak(root: str) -> dict[str, Any]:
     seconds[round_num] = row['round_seconds']
     csv_memory[round_num] = {k: row[k] for k in row if k.startswith('memory/')}
 
+  # What the loop's per-round `malloc_trim` costs: time each call.
+  trim_seconds: list[float] = []
+  release_free_heap = memory_lib.release_free_heap
+
+  def timed_release_free_heap() -> bool:
+    trim_start = time.perf_counter()
+    released = release_free_heap()
+    trim_seconds.append(time.perf_counter() - trim_start)
+    return released
+
   start = time.perf_counter()
+  memory_lib.release_free_heap = timed_release_free_heap
   try:
     if _MODE.value == 'remote':
       remote_workers = [runtime_lib.WorkerProcess().start() for _ in range(2)]
@@ -220,12 +265,17 @@ def run_soak(root: str) -> dict[str, Any]:
         task, config, workers=[w.address for w in remote_workers],
         progress=False, on_round_end=on_round_end)
   finally:
+    memory_lib.release_free_heap = release_free_heap
     for worker in remote_workers:
       worker.stop()
   wall = time.perf_counter() - start
   leaked = runtime_lib.live_worker_pids()
   verdicts = {name: verdict(s.samples, _BASELINE.value)
               for name, s in series.items()}
+  growth_by_kind = {
+      name: growth_by_round_kind(s.samples, _BASELINE.value,
+                                 _EVAL_EVERY.value, _CHECKPOINT_EVERY.value)
+      for name, s in series.items()}
   return {
       'mode': _MODE.value,
       'rounds': _ROUNDS.value,
@@ -236,7 +286,13 @@ def run_soak(root: str) -> dict[str, Any]:
       'rounds_per_checkpoint': _CHECKPOINT_EVERY.value,
       'wall_seconds': wall,
       'round_seconds_median': report.median(list(seconds.values())),
+      'wall_seconds_per_round': wall / max(1, len(seconds)),
+      'malloc_trim_calls': len(trim_seconds),
+      'malloc_trim_seconds_median': (report.median(trim_seconds)
+                                     if trim_seconds else None),
+      'malloc_trim_seconds_total': math.fsum(trim_seconds),
       'verdicts': verdicts,
+      'growth_by_round_kind': growth_by_kind,
       'ok': all(v['ok'] for v in verdicts.values()),
       'leaked_workers': leaked,
       'samples': {name: {str(r): v for r, v in s.samples.items()}
@@ -275,9 +331,23 @@ def print_report(result: Mapping[str, Any], series_rounds: Sequence[int]
       'threads: most held in the last window <= in the first)',
       ['process', 'rounds', 'RSS growth MiB', 'bound MiB', 'fds (max)',
        'threads (max)', 'verdict'], rows)
+  kinds = ('checkpoint', 'eval', 'plain')
+  report.print_grid(
+      'RSS change after the baseline round, summed by what the round did '
+      '(MiB, rounds)',
+      ['process', *kinds],
+      [[name, *[f'{_fmt(g[k]["rss_change_mib"], 1)} ({g[k]["rounds"]})'
+                for k in kinds]]
+       for name, g in result['growth_by_round_kind'].items()])
   print(f'\nwall {result["wall_seconds"]:.0f} s, median round '
         f'{result["round_seconds_median"] * 1000:.0f} ms; leaked workers: '
         f'{result["leaked_workers"] or "none"}', flush=True)
+  if result['malloc_trim_calls']:
+    print(f'malloc_trim: {result["malloc_trim_calls"]} calls, median '
+          f'{result["malloc_trim_seconds_median"] * 1000:.2f} ms, total '
+          f'{result["malloc_trim_seconds_total"]:.1f} s '
+          f'({result["malloc_trim_seconds_total"] / result["wall_seconds"]:.1%}'
+          ' of the wall time)', flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -61,6 +61,21 @@ def test_verdict_compares_fds_and_threads_window_against_window():
     soak.verdict(_samples({1: 1.0, 99: 1.0}), 100)
 
 
+def test_growth_is_split_by_what_the_rounds_did():
+  # Rounds 100..110: eval every 5, checkpoint every 10 (and the last, 110).
+  rss = {100: 1000.0}
+  for r in range(101, 111):
+    rss[r] = rss[r - 1] + {0: 4.0, 5: 2.0}.get(r % 10, -0.5)
+  kinds = soak.growth_by_round_kind(_samples(rss), 100, rounds_per_eval=5,
+                                    rounds_per_checkpoint=10)
+  assert kinds['checkpoint'] == {'rounds': 1, 'rss_change_mib': 4.0}
+  assert kinds['eval'] == {'rounds': 1, 'rss_change_mib': 2.0}
+  assert kinds['plain']['rounds'] == 8
+  assert kinds['plain']['rss_change_mib'] == pytest.approx(-4.0)
+  assert sum(k['rss_change_mib'] for k in kinds.values()) == pytest.approx(
+      rss[110] - rss[100])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['local', 'remote'])
 def test_500_rounds_stay_within_the_bound(tmp_path, mode):

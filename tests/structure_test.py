@@ -61,3 +61,23 @@ def test_to_python_turns_structs_into_containers():
 def test_all_finite(values, finite):
   structure = (tf.constant(values[0]), {'b': tf.constant(values[1])})
   assert bool(_structure.all_finite(structure)) is finite
+
+
+def test_program_state_paths_and_packing_round_trip():
+  weights = tff.learning.models.ModelWeights(
+      trainable=[np.ones((2, 3), np.float32), np.zeros(3, np.float32)],
+      non_trainable=[])
+  structure = {'state': weights, 'round_num': 7,
+               'extra': collections.OrderedDict(z=np.int64(1), a=(2.0,))}
+  flat = _structure.flatten_with_paths(structure)
+  # Dict keys sorted, attrs fields by name, empty containers have no leaves.
+  assert [path for path, _ in flat] == [
+      'extra/a/0', 'extra/z', 'round_num', 'state/trainable/0',
+      'state/trainable/1']
+  packed = _structure.pack_like(structure, [value for _, value in flat])
+  assert isinstance(packed['state'], tff.learning.models.ModelWeights)
+  assert packed['state'].non_trainable == []
+  assert list(packed['extra']) == ['z', 'a']
+  assert packed['extra']['a'] == (2.0,) and packed['round_num'] == 7
+  np.testing.assert_array_equal(packed['state'].trainable[0],
+                                np.ones((2, 3), np.float32))

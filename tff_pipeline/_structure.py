@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
+# The structures `tff.program`'s state managers accept, flattened as TFF's
+# own `FileProgramStateManager` flattens them; not exported by `tff.program`.
+from tensorflow_federated.python.program import structure_utils
 
 
 def to_python(value: object) -> object:
@@ -76,3 +79,21 @@ def all_finite(structure: object) -> tf.Tensor:
   checks = [tf.reduce_all(tf.math.is_finite(t))
             for t in tf.nest.flatten(structure) if t.dtype.is_floating]
   return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+
+def flatten_with_paths(structure: object) -> list[tuple[str, object]]:
+  """The leaves of a program state structure, each with its path.
+
+  The structure is a `tff.program` one: dicts (keys sorted), lists, tuples,
+  namedtuples and attrs classes (TFF's `LearningAlgorithmState` and
+  `ModelWeights`) nest; anything else is a leaf. Paths join the keys, field
+  names and indices with '/', e.g.
+  'process_state/global_model_weights/trainable/0'.
+  """
+  return structure_utils.flatten_with_name(structure)
+
+
+def pack_like(structure: object, leaves: Sequence[object]) -> object:
+  """`leaves` (in `flatten_with_paths` order) in the containers of
+  `structure`, a nest of the same shape."""
+  return structure_utils.unflatten_as(structure, list(leaves))

@@ -204,7 +204,8 @@ def test_corrupt_latest_checkpoint_falls_back(task, algorithm, tmp_path,
   straight = loop.run_federated(task, config, algorithm=algorithm,
                                 runtime=tff_runtime, progress=False)
   checkpoint_dir = tmp_path / 'checkpoints' / 'exp'
-  os.remove(checkpoint_dir / 'round_4' / 'saved_model.pb')
+  state_file = checkpoint_dir / 'round_4' / 'state.npz'
+  state_file.write_bytes(state_file.read_bytes()[:100])  # A torn write.
   resumed = loop.run_federated(task, dataclasses.replace(config),
                                algorithm=algorithm, runtime=tff_runtime,
                                progress=False)

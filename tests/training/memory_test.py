@@ -33,6 +33,15 @@ def test_worker_column_sums_local_workers_and_is_nan_without_them():
   assert math.isnan(memory.rss_mib(child.pid))
 
 
+def test_rss_bytes_is_the_one_reading_of_the_benchmarks_too():
+  from benchmarks import measure  # pylint: disable=g-import-not-at-top
+  assert measure.rss_bytes is memory.rss_bytes
+  rss = memory.rss_bytes(os.getpid())
+  assert isinstance(rss, int)
+  assert rss == pytest.approx(psutil.Process().memory_info().rss, abs=5 * 2**20)
+  assert memory.rss_bytes(2**22 + 1) is None  # Above Linux's pid_max.
+
+
 def test_probe_asks_for_the_pids_every_time():
   pids = [[], [os.getpid()]]
   probe = memory.probe(lambda: pids.pop(0))

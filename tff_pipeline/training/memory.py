@@ -68,12 +68,18 @@ def release_free_heap() -> bool:
   return True
 
 
+def rss_bytes(pid: int) -> int | None:
+  """Resident set size of process `pid` in bytes; None if it is gone."""
+  try:
+    return int(psutil.Process(pid).memory_info().rss)
+  except psutil.Error:
+    return None
+
+
 def rss_mib(pid: int) -> float:
   """Resident set size of process `pid` in MiB; NaN if it is gone."""
-  try:
-    return psutil.Process(pid).memory_info().rss / MIB
-  except psutil.Error:
-    return math.nan
+  rss = rss_bytes(pid)
+  return math.nan if rss is None else rss / MIB
 
 
 def round_metrics(worker_pids: Sequence[int]) -> dict[str, float]:
