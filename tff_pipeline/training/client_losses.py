@@ -1,0 +1,87 @@
+"""The global model's loss on clients' training data, evaluated by the server.
+
+Loss-aware selection and feedback need L_k, the loss of the current global
+model on client k's data. In a deployment the clients measure it and report
+it (power of choice, Cho et al. 2022, Algorithm 1; the pre-training loss of
+`algorithms/compensation_client_work.py`). In this simulation the server
+evaluates it directly on each client's training data, which stands in for
+that report: the same number (the mean per-example loss), without a round
+trip through TFF. It costs a forward pass over the clients' data, which the
+loop times and reports as `selection/evaluation_seconds`, apart from the
+round's other costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tff_pipeline import tasks as tasks_lib
+
+_CHUNK = 4000
+
+
+class ClientLosses:
+  """L_k of one global model, evaluated on demand and kept.
+
+  Call it with client indices (into `task.train_data.client_ids`); each
+  client is evaluated once per instance. A client without examples has loss
+  NaN (unknown).
+
+  Args:
+    task: The task (its model, loss and clients' data).
+    weights: The global model's trainable weights (Keras order).
+  """
+
+  def __init__(self, task: tasks_lib.Task, weights: Sequence[np.ndarray]):
+    self._task = task
+    self._weights = [np.asarray(w) for w in weights]
+    self._client_ids = task.train_data.client_ids
+    self._known: dict[int, float] = {}
+    self._model: tf.keras.Model | None = None
+
+  def __call__(self, client_indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    indices = [int(i) for i in np.asarray(client_indices).reshape(-1)]
+    missing = sorted({i for i in indices if i not in self._known})
+    if missing:
+      self._known.update(zip(missing, self._evaluate(missing)))
+    return np.array([self._known[i] for i in indices], np.float64)
+
+  @property
+  def known(self) -> dict[int, float]:
+    """Every loss evaluated so far, by client index."""
+    return dict(self._known)
+
+  def _evaluate(self, indices: list[int]) -> list[float]:
+    if self._model is None:
+      # Built on first use: TFF builds its own copies of the model in graph
+      # contexts, and Keras refuses to run models built earlier outside them.
+      self._model = self._task.model_builder()
+      self._model.set_weights(self._weights)
+    data = self._task.train_data
+    arrays = [data.client_arrays(self._client_ids[i]) for i in indices]
+    sizes = np.array([len(a['y']) for a in arrays])
+    if not sizes.sum():
+      return [float('nan')] * len(indices)
+    x = np.concatenate([a['x'] for a in arrays])
+    y = np.concatenate([a['y'] for a in arrays])
+    loss = self._task.loss_builder()
+    per_example = np.concatenate([
+        np.asarray(loss.call(tf.constant(y[i:i + _CHUNK]),
+                             self._model(x[i:i + _CHUNK], training=False)),
+                   np.float64).reshape(-1)
+        for i in range(0, len(x), _CHUNK)
+    ])
+    owner = np.repeat(np.arange(len(indices)), sizes)
+    sums = np.bincount(owner, weights=per_example, minlength=len(indices))
+    with np.errstate(invalid='ignore', divide='ignore'):
+      means = np.where(sizes > 0, sums / np.maximum(sizes, 1), np.nan)
+    return [float(v) for v in means]
+
+
+def evaluator(task: tasks_lib.Task
+              ) -> Callable[[Sequence[np.ndarray]], ClientLosses]:
+  """weights -> `ClientLosses` of that global model, for the loop."""
+  return lambda weights: ClientLosses(task, weights)
