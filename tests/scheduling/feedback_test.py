@@ -48,6 +48,16 @@ def test_steps_stay_within_the_deadline_and_never_shrink():
                                  np.array([1.1, 1.15])), [11, 12])
 
 
+def test_steps_that_fit_the_bound():
+  np.testing.assert_array_equal(
+      feedback.steps_that_fit(10.0, np.array([1.0, 3.0, 2.0, 0.0, 1.0]),
+                              np.array([0.5, 1.0, 12.0, 1.0, 10.0])),
+      [9, 3, 0, np.inf, 0])
+  np.testing.assert_array_equal(
+      feedback.steps_that_fit(np.inf, np.array([1.0]), np.array([1.0])),
+      [np.inf])
+
+
 def test_apply_uses_the_records_and_reports_facts():
   rec = records.ClientRecords.new(5).updated(
       1, [0, 1, 2, 3], losses=[1.0, 3.0, 1.0, 1.0])

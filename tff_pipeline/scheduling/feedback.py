@@ -138,6 +138,21 @@ def compensated_steps(planned_steps: np.ndarray, max_steps: np.ndarray,
   return np.maximum(planned, np.minimum(boosted, limit)).astype(np.int64)
 
 
+def steps_that_fit(bound_seconds: float, step_seconds: np.ndarray,
+                   comm_seconds: np.ndarray) -> np.ndarray:
+  """tau_i^max: the local steps each client can run by `bound_seconds`.
+
+  floor((bound - comm_i) / step_i), at least 0; inf for a client whose steps
+  cost nothing (a zero step time) or when the bound is inf.
+  """
+  step = np.asarray(step_seconds, np.float64)
+  comm = np.asarray(comm_seconds, np.float64)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    fits = np.floor((bound_seconds - comm) / step)
+  fits = np.where(step > 0, fits, np.inf)
+  return np.maximum(np.nan_to_num(fits, nan=0.0, posinf=np.inf), 0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Feedback:
   """The feedback of one round.

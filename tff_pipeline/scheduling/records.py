@@ -124,6 +124,17 @@ class ClientRecords:
         last_seconds=_replaced(self.last_seconds, indices, seconds,
                                'seconds'))
 
+  def with_losses(self, client_indices: Sequence[int] | np.ndarray,
+                  losses: Sequence[float] | np.ndarray) -> ClientRecords:
+    """These records with fresher finite `losses` of some clients.
+
+    Nothing else changes (no participation is counted): for a loss measured
+    before a round, used within it (`feedback.apply`).
+    """
+    indices = np.asarray(client_indices, dtype=np.int64).reshape(-1)
+    return dataclasses.replace(
+        self, last_loss=_replaced(self.last_loss, indices, losses, 'losses'))
+
   def rounds_since_seen(self, round_num: int) -> np.ndarray:
     """round_num - last_round; for a client never seen, round_num."""
     return round_num - self.last_round
