@@ -72,6 +72,15 @@ def test_apply_uses_the_records_and_reports_facts():
                        'feedback/num_boosted': 1.0,
                        'feedback/extra_steps': 6.0,
                        'feedback/max_factor': 2.0}
+  # Fresh losses of the round's clients replace the records' values, in
+  # Lbar too: losses [1, 1, 1, 3] -> Lbar 1.5, client 3 lags by 2x.
+  fresh = feedback.apply(ON, rec, sizes, np.array([1, 3]),
+                         planned_steps=np.array([6, 6]),
+                         max_steps=np.array([9.0, 20.0]),
+                         client_losses=np.array([1.0, 3.0]))
+  np.testing.assert_allclose(fresh.factors, [1.0, 2.0])
+  np.testing.assert_array_equal(fresh.local_steps, [6, 12])
+  assert fresh.facts['feedback/population_loss'] == 1.5
   off = feedback.apply(feedback.FeedbackConfig(), rec, sizes,
                        np.array([1]), np.array([6]), np.array([np.inf]))
   np.testing.assert_array_equal(off.local_steps, [6])

@@ -35,6 +35,14 @@ def test_updates_keep_the_last_known_values():
   assert r3.participations[0] == 1
 
 
+def test_with_losses_changes_only_the_losses():
+  r = records.ClientRecords.new(3).updated(1, [0], losses=[2.0])
+  fresh = r.with_losses([0, 2], [np.nan, 0.5])
+  np.testing.assert_array_equal(fresh.last_loss, [2.0, np.nan, 0.5])
+  np.testing.assert_array_equal(fresh.participations, r.participations)
+  np.testing.assert_array_equal(fresh.last_round, r.last_round)
+
+
 def test_weighted_mean_loss_uses_known_losses_weighted_by_data():
   r = records.ClientRecords.new(4).updated(1, [0, 2, 3],
                                            losses=[1.0, 4.0, np.nan])

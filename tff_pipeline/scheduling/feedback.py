@@ -170,7 +170,8 @@ class Feedback:
 
 def apply(config: FeedbackConfig, records: records_lib.ClientRecords,
           num_examples: np.ndarray, client_indices: np.ndarray,
-          planned_steps: np.ndarray, max_steps: np.ndarray) -> Feedback:
+          planned_steps: np.ndarray, max_steps: np.ndarray,
+          client_losses: np.ndarray | None = None) -> Feedback:
   """The round's local steps after feedback from the records.
 
   Args:
@@ -180,8 +181,13 @@ def apply(config: FeedbackConfig, records: records_lib.ClientRecords,
     client_indices: The round's clients.
     planned_steps: Their local steps as the round policy planned them.
     max_steps: The most each can run by the deadline (inf: no deadline).
+    client_losses: The round's clients' losses of the current global model,
+      if the server measured them before the round; they replace the
+      records' older values (also in Lbar). None: use the records.
   """
   indices = np.asarray(client_indices, np.int64)
+  if client_losses is not None:
+    records = records.with_losses(indices, client_losses)
   population_loss = records_lib.weighted_mean_loss(records, num_examples)
   factors = work_factors(config, records.last_loss[indices], population_loss)
   steps = compensated_steps(planned_steps, max_steps, factors)
