@@ -14,7 +14,8 @@ client SGD 0.05, server SGD 1.0. It measures and prints:
     loop's own `loop.run_round`), split into building the client datasets
     (`loop.client_inputs`) and `process.next`, with the CPU seconds of this
     process, of the TFF worker and of everything else on the machine during
-    the round;
+    the round, and the scheduler's share (sampling, devices, the simulated
+    clock and the round policy) as a ratio of the round;
   * the median of a plain Keras `model.fit` over the same 6000 examples
     (1 epoch, batch 10, SGD 0.05) after one warm-up fit, and the ratio;
   * analytic forward+backward FLOPs and the GFLOP/s they imply;
@@ -65,6 +66,7 @@ from benchmarks import workload
 from tff_pipeline import models
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
+from tff_pipeline.models import flops as model_flops
 
 _IMPORTS_DONE = time.perf_counter()
 
@@ -269,7 +271,7 @@ def main(argv: list[str]) -> None:
 
   matmul = (_matmul_reference(_MATMUL_SIZE.value)
             if _MATMUL_SIZE.value else None)
-  flops = workload.train_flops(models.build_cnn(_SEED))
+  flops = model_flops.train_flops(models.build_cnn(_SEED))
   timed = fed['timed']
   examples = timed['examples_per_round_median']
   round_gflop = flops['train_per_example'] * examples / 1e9
@@ -295,6 +297,8 @@ def main(argv: list[str]) -> None:
       'first_round': fed['first_round'],
       'federated': timed,
       'keras': keras,
+      'ratio_schedule_over_round': (
+          timed['schedule_seconds_median'] / timed['round_seconds_median']),
       'ratio_round_over_keras_fit': (
           round_s / keras['fit_seconds_median'] if keras else None),
       'flops': flops,
@@ -394,6 +398,9 @@ def _print(r: dict[str, Any], cores: int) -> None:
       ('   client_inputs (tf.data build), median',
        s(fed['inputs_seconds_median'])),
       ('   process.next, median', s(fed['next_seconds_median'])),
+      ('   scheduler (sample + plan: clock, policy), median',
+       f"{s(fed['schedule_seconds_median'])} "
+       f"({r['ratio_schedule_over_round']:.2e} of the round)"),
       ('CPU s/round: this process (all threads)', f"{cpu['python']:.2f}"),
       ('CPU s/round: TFF worker', f"{cpu['worker']:.2f}"),
       ('CPU s/round: rest of the machine', f"{cpu['others']:.2f}"),

@@ -59,6 +59,8 @@ TRAINING_BLOCKS: tuple[tuple[str, tuple[str | type, ...]], ...] = (
          'dp_delta', 'secure_aggregation', 'compression',
          'compression_bits', config_lib.AggregationConfig)),
     ('Faulty clients', ('faulty_client_fraction', 'faulty_mode')),
+    ('Simulated time: devices, round policies, deadlines',
+     (config_lib.SchedulingConfig,)),
 )
 """The shared flags, in blocks: (title, entries). An entry is a flag name,
 or a config dataclass standing for those of its settings that no block names

@@ -18,6 +18,8 @@ from tff_pipeline import errors
 from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 from tff_pipeline import settings
+from tff_pipeline.scheduling import devices as devices_lib
+from tff_pipeline.scheduling import policies as policies_lib
 from tff_pipeline.settings import Check, setting
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
@@ -134,6 +136,79 @@ class AggregationConfig:
     settings.check_fields(self)
 
 
+def _zero_or(low_open: float, high: float) -> Check:
+  """0 (off), or a value in (low_open, high]."""
+  return Check(
+      lambda v: settings.finite(v) and (v == 0 or low_open < v <= high),
+      f'must be in ({low_open:g}, {high:g}] (0 turns it off)')
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulingConfig:
+  """Simulated time: devices, the round policy and its deadline, the target.
+
+  See docs/simulated_time.md. The defaults keep every earlier result: the
+  `budgets` policy runs today's local-step budgets and the clock only
+  measures.
+  """
+
+  round_policy: str = setting(
+      'budgets', choices=policies_lib.ROUND_POLICIES,
+      help='How a round treats slow clients: {choices}')
+  deadline_seconds: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be > 0 (0: no fixed deadline)')],
+      help='deadline_* policies: the round\'s deadline in simulated '
+      'seconds (or give --deadline_quantile).')
+  deadline_quantile: float = setting(
+      0.0, checks=[_zero_or(0, 1)],
+      help='deadline_* policies: the deadline is this quantile of the '
+      'sampled clients\' full-work times, in (0, 1] (or give '
+      '--deadline_seconds).')
+  oversample_factor: float = setting(
+      1.3, checks=[settings.at_least(1, 'must be >= 1')],
+      help='deadline_drop: sample ceil(factor * --clients_per_round) '
+      'clients and keep the first --clients_per_round to finish (1.3 as in '
+      'FedScale and Oort).')
+  device_profile: str = setting(
+      'capacity', choices=devices_lib.DEVICE_PROFILES,
+      help='Per-client devices (speed, bandwidth): {choices}')
+  device_file: str = setting(
+      '', help='device_profile=file: CSV (header client,gflops,up_mbps,'
+      'down_mbps) or JSON list of such objects, one per client.')
+  device_gflops: float = setting(
+      1.0, checks=[settings.POSITIVE_FINITE],
+      help='Training speed of a full-capacity device, GFLOP/s (FLOPs '
+      'counted as in tff_pipeline/models/flops.py).')
+  up_bandwidth_mbps: float = setting(
+      5.0, checks=[settings.POSITIVE_FINITE],
+      help='Client upload bandwidth, Mbit/s.')
+  down_bandwidth_mbps: float = setting(
+      20.0, checks=[settings.POSITIVE_FINITE],
+      help='Client download bandwidth, Mbit/s.')
+  device_lognormal_sigma: float = setting(
+      0.5, checks=[settings.at_least(0, 'must be >= 0')],
+      help='lognormal device profile: sigma of the log of each factor.')
+  target_accuracy: float = setting(
+      0.0, checks=[_zero_or(0, 1)],
+      help='Report the rounds and simulated seconds until the evaluation '
+      'accuracy first reaches this value, in (0, 1]; 0 turns it off.')
+
+  def __post_init__(self):
+    self.validate()
+
+  @property
+  def policy(self) -> policies_lib.RoundPolicy:
+    return policies_lib.ROUND_POLICIES.get(self.round_policy)
+
+  @property
+  def deadline(self) -> policies_lib.Deadline:
+    return policies_lib.Deadline(self.deadline_seconds,
+                                 self.deadline_quantile)
+
+  def validate(self) -> None:
+    settings.check_fields(self)
+
+
 def _is_experiment_name(name: Any) -> bool:
   return (isinstance(name, str)
           and bool(re.fullmatch(r'[A-Za-z0-9._-]+', name))
@@ -201,6 +276,7 @@ class TrainingConfig:
       help='fedprox: mu of the proximal term (mu/2)||w - w_global||^2.')
   faults: faults_lib.FaultInjection = settings.nested(
       faults_lib.FaultInjection())
+  scheduling: SchedulingConfig = settings.nested(SchedulingConfig())
 
   def __post_init__(self):
     self.validate()
@@ -305,3 +381,33 @@ def check_combinations(config: TrainingConfig) -> None:
       raise errors.UsageError(
           f'--faulty_mode={config.faults.mode} corrupts updates, which '
           '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
+  _check_scheduling(config)
+
+
+def _check_scheduling(config: TrainingConfig) -> None:
+  """The rules of the simulated-time settings (docs/simulated_time.md)."""
+  s = config.scheduling
+  policy = f'--round_policy={s.round_policy}'
+  if s.policy.uses_deadline:
+    if s.deadline_seconds > 0 and s.deadline_quantile > 0:
+      raise errors.UsageError(
+          f'{policy}: give --deadline_seconds or --deadline_quantile, not '
+          'both')
+    if not s.deadline_seconds > 0 and not s.deadline_quantile > 0:
+      raise errors.UsageError(
+          f'--deadline_seconds={s.deadline_seconds} must be > 0 with '
+          f'{policy} (or give --deadline_quantile in (0, 1])')
+  elif s.deadline_seconds > 0 or s.deadline_quantile > 0:
+    raise errors.UsageError(
+        f'--deadline_seconds/--deadline_quantile apply to the deadline_* '
+        f'round policies, not {policy}')
+  if (config.heterogeneity.straggler_fraction > 0
+      and s.round_policy != 'budgets'):
+    raise errors.UsageError(
+        f'--straggler_fraction draws local-step budgets, which only '
+        f'--round_policy=budgets runs, not {policy}; use --device_profile '
+        'for slow devices')
+  if (s.device_profile == 'file') != bool(s.device_file):
+    raise errors.UsageError(
+        f'--device_file={s.device_file!r} and --device_profile='
+        f'{s.device_profile} go together: give both or neither')

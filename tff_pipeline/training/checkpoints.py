@@ -2,8 +2,10 @@
 
 The program state of a round holds everything that affects later rounds: the
 learning process state (model, optimizer and aggregator state) and the round
-number. Client sampling, shuffling and every other random choice is a pure
-function of (seed, round), so it needs no saved state of its own.
+number, and `extra` program state beside it (the simulated clock of
+`scheduling/scheduler.py`). Client sampling, shuffling and every other
+random choice is a pure function of (seed, round), so it needs no saved
+state of its own.
 
 On top of TFF's manager this module adds:
   * fallback: if the latest checkpoint cannot be read (a crash while writing,
@@ -57,9 +59,13 @@ class CheckpointManager:
   def versions(self) -> list[int]:
     return aio.run_sync(self._manager.get_versions()) or []
 
-  def save(self, state: Any, round_num: int) -> None:
+  def save(self, state: Any, round_num: int,
+           extra: Mapping[str, Any] | None = None) -> None:
+    """Saves the process state of `round_num`, and `extra` program state
+    (the simulated clock: NumPy values) next to it."""
     aio.run_sync(self._manager.save(
-        {'process_state': state, 'round_num': round_num}, round_num
+        {'process_state': state, 'round_num': round_num,
+         'extra': dict(extra or {})}, round_num
     ))
 
   def load_latest(self, state_structure: Any) -> tuple[Any, int]:
@@ -68,11 +74,20 @@ class CheckpointManager:
     Unreadable checkpoints are moved aside with a warning. Returns
     (None, 0) when there is no usable checkpoint.
     """
-    structure = {'process_state': state_structure, 'round_num': 0}
+    state, round_num, _ = self.load_latest_with_extra(state_structure, {})
+    return state, round_num
+
+  def load_latest_with_extra(
+      self, state_structure: Any, extra_structure: Mapping[str, Any]
+  ) -> tuple[Any, int, dict[str, Any] | None]:
+    """As `load_latest`, plus the `extra` saved with it (None if none)."""
+    structure = {'process_state': state_structure, 'round_num': 0,
+                 'extra': dict(extra_structure)}
     for version in sorted(self.versions(), reverse=True):
       try:
         loaded = aio.run_sync(self._manager.load(version, structure))
-        return loaded['process_state'], int(loaded['round_num'])
+        return (loaded['process_state'], int(loaded['round_num']),
+                dict(loaded['extra']))
       except Exception as e:  # pylint: disable=broad-except
         # Any failure to read means this checkpoint cannot be trusted.
         path = os.path.join(self.checkpoint_dir, f'{PREFIX}{version}')
@@ -84,7 +99,7 @@ class CheckpointManager:
         if os.path.exists(aside):
           aside += f'.{os.getpid()}'
         os.replace(path, aside)
-    return None, 0
+    return None, 0, None
 
   def check_run_config(
       self, hparams: Mapping[str, Any], allow_changes: bool
