@@ -18,6 +18,7 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
 from tff_pipeline.scheduling import scheduler as scheduler_lib
+from tff_pipeline.scheduling import selecting
 from tff_pipeline.training import loop
 
 
@@ -103,7 +104,7 @@ class FederatedRounds:
     self.config = config
     self.algorithm = algorithm
     self.state: Any = None
-    self.scheduler = scheduler_lib.Scheduler(task, config)
+    self.scheduler: scheduler_lib.Scheduler = selecting.build(task, config)
     self._pids = {'python': os.getpid()}
     if worker_pid is not None:
       self._pids['worker'] = worker_pid

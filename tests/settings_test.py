@@ -10,6 +10,8 @@ from tff_pipeline import faults
 from tff_pipeline import heterogeneity
 from tff_pipeline import registry
 from tff_pipeline import settings
+from tff_pipeline.scheduling import feedback
+from tff_pipeline.scheduling import selection
 
 TRAINING_FLAGS = [
     'experiment_name', 'root_output_dir', 'total_rounds', 'clients_per_round',
@@ -27,7 +29,10 @@ TRAINING_FLAGS = [
     'faulty_mode', 'round_policy', 'deadline_seconds', 'deadline_quantile',
     'oversample_factor', 'device_profile', 'device_file', 'device_gflops',
     'up_bandwidth_mbps', 'down_bandwidth_mbps', 'device_lognormal_sigma',
-    'target_accuracy']
+    'target_accuracy', 'client_selection', 'poc_candidates',
+    'selection_loss_examples', 'oort_alpha', 'oort_preferred_seconds',
+    'oort_exploration', 'oort_exploration_decay', 'oort_exploration_min',
+    'oort_cutoff', 'feedback', 'feedback_power', 'feedback_max_factor']
 
 BASE = config_lib.TrainingConfig(experiment_name='x', root_output_dir='/tmp/x')
 
@@ -41,7 +46,8 @@ def test_every_training_setting_has_its_flag_in_field_order():
     config_lib.TrainingConfig, config_lib.OptimizerConfig,
     config_lib.AggregationConfig, config_lib.RunOptions,
     heterogeneity.ComputeHeterogeneity, faults.FaultInjection,
-    config_lib.SchedulingConfig])
+    config_lib.SchedulingConfig, selection.SelectionConfig,
+    feedback.FeedbackConfig])
 def test_every_field_is_a_setting_a_block_or_internal(config_type):
   for field in dataclasses.fields(config_type):
     declared = (settings.setting_of(field) is not None

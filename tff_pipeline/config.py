@@ -19,7 +19,9 @@ from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 from tff_pipeline import settings
 from tff_pipeline.scheduling import devices as devices_lib
+from tff_pipeline.scheduling import feedback as feedback_lib
 from tff_pipeline.scheduling import policies as policies_lib
+from tff_pipeline.scheduling import selection as selection_lib
 from tff_pipeline.settings import Check, setting
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
@@ -192,6 +194,10 @@ class SchedulingConfig:
       0.0, checks=[_zero_or(0, 1)],
       help='Report the rounds and simulated seconds until the evaluation '
       'accuracy first reaches this value, in (0, 1]; 0 turns it off.')
+  selection: selection_lib.SelectionConfig = settings.nested(
+      selection_lib.SelectionConfig())
+  feedback: feedback_lib.FeedbackConfig = settings.nested(
+      feedback_lib.FeedbackConfig())
 
   def __post_init__(self):
     self.validate()
@@ -382,6 +388,7 @@ def check_combinations(config: TrainingConfig) -> None:
           f'--faulty_mode={config.faults.mode} corrupts updates, which '
           '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
   _check_scheduling(config)
+  _check_selection(config)
 
 
 def _check_scheduling(config: TrainingConfig) -> None:
@@ -411,3 +418,21 @@ def _check_scheduling(config: TrainingConfig) -> None:
     raise errors.UsageError(
         f'--device_file={s.device_file!r} and --device_profile='
         f'{s.device_profile} go together: give both or neither')
+
+
+def _check_selection(config: TrainingConfig) -> None:
+  """The rules of client selection and feedback (docs/selection.md)."""
+  s = config.scheduling
+  d = s.selection.poc_candidates
+  size = s.policy.sample_size(config.clients_per_round, s.oversample_factor,
+                              config.clients_per_round * 10**6)
+  if s.selection.client_selection == 'power_of_choice' and 0 < d < size:
+    raise errors.UsageError(
+        f'--poc_candidates={d} must be at least the {size} clients a round '
+        f'samples (--clients_per_round={config.clients_per_round}'
+        + (f', --oversample_factor={s.oversample_factor}'
+           if s.policy.oversamples else '') + ')')
+  if s.feedback.feedback and config.algorithm == 'fedsgd':
+    raise errors.UsageError(
+        '--feedback gives lagging clients more local steps, but '
+        '--algorithm=fedsgd runs none; use fedavg or fedprox')

@@ -71,10 +71,11 @@ class FeedbackConfig:
 
   feedback: bool = settings.setting(
       False,
-      help='Give each round\'s clients whose last loss before training L_i '
-      'lags the population\'s Lbar up to --feedback_max_factor times their '
-      'local steps, (L_i / Lbar)^--feedback_power, within what their device '
-      'can run by the deadline (docs/selection.md).')
+      help='Give each round\'s clients whose loss of the global model L_i '
+      '(measured before the round) lags the population\'s Lbar up to '
+      '--feedback_max_factor times their local steps, (L_i / '
+      'Lbar)^--feedback_power, within what their device can run by the '
+      'deadline (docs/selection.md).')
   feedback_power: float = settings.setting(
       1.0, checks=[settings.at_least(0, 'must be >= 0')],
       help='feedback: beta of the work factor (L_i / Lbar)^beta.')

@@ -114,6 +114,11 @@ class Scheduler:
         self.client_ids, replace=False, random_seed=config.seed)
     self.elapsed_seconds = 0.0
 
+  def observe_model(self, round_num: int, weights: Sequence[Any]) -> None:
+    """The global model round `round_num` starts from (selectors that read
+    losses evaluate it; uniform sampling does not need it)."""
+    del round_num, weights
+
   # --- which clients ---------------------------------------------------------
 
   def sample(self, round_num: int, wanted: int) -> list[str]:

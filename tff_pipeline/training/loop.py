@@ -47,6 +47,7 @@ from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.scheduling import scheduler as scheduler_lib
+from tff_pipeline.scheduling import selecting
 from tff_pipeline.training import checkpoints as checkpoints_lib
 from tff_pipeline.training import memory
 from tff_pipeline.training import outputs as outputs_lib
@@ -207,8 +208,9 @@ def run_round(
     A `RoundResult`; the caller decides what a non-finite round means.
   """
   if scheduler is None:
-    scheduler = scheduler_lib.Scheduler(task, config)
+    scheduler = selecting.build(task, config)
   start = time.perf_counter()
+  scheduler.observe_model(round_num, state.global_model_weights.trainable)
   scheduled = scheduler.plan(
       round_num, scheduler.sample(round_num, config.clients_per_round))
   planned = time.perf_counter()
@@ -321,7 +323,7 @@ def _train(
   if algorithm is None:
     algorithm = build_algorithm(task, config)
   initial_state = algorithm.process.initialize()
-  scheduler = scheduler_lib.Scheduler(task, config)
+  scheduler = selecting.build(task, config)
   state, start_round, clock_state = checkpoints.load_latest_with_extra(
       initial_state, scheduler.state())
   if state is None:
