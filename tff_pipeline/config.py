@@ -18,8 +18,6 @@ from tff_pipeline import errors
 from tff_pipeline import faults as faults_lib
 from tff_pipeline import heterogeneity as heterogeneity_lib
 from tff_pipeline import settings
-from tff_pipeline.scheduling import devices as devices_lib
-from tff_pipeline.scheduling import policies as policies_lib
 from tff_pipeline.settings import Check, setting
 
 def _require(ok: bool, flag: str, value: object, expected: str) -> None:
@@ -153,7 +151,7 @@ class SchedulingConfig:
   """
 
   round_policy: str = setting(
-      'budgets', choices=policies_lib.ROUND_POLICIES,
+      'budgets', choices='tff_pipeline.scheduling.policies:ROUND_POLICIES',
       help='How a round treats slow clients: {choices}')
   deadline_seconds: float = setting(
       0.0, checks=[settings.at_least(0, 'must be > 0 (0: no fixed deadline)')],
@@ -170,7 +168,7 @@ class SchedulingConfig:
       'clients and keep the first --clients_per_round to finish (1.3 as in '
       'FedScale and Oort).')
   device_profile: str = setting(
-      'capacity', choices=devices_lib.DEVICE_PROFILES,
+      'capacity', choices='tff_pipeline.scheduling.devices:DEVICE_PROFILES',
       help='Per-client devices (speed, bandwidth): {choices}')
   device_file: str = setting(
       '', help='device_profile=file: CSV (header client,gflops,up_mbps,'
@@ -195,15 +193,6 @@ class SchedulingConfig:
 
   def __post_init__(self):
     self.validate()
-
-  @property
-  def policy(self) -> policies_lib.RoundPolicy:
-    return policies_lib.ROUND_POLICIES.get(self.round_policy)
-
-  @property
-  def deadline(self) -> policies_lib.Deadline:
-    return policies_lib.Deadline(self.deadline_seconds,
-                                 self.deadline_quantile)
 
   def validate(self) -> None:
     settings.check_fields(self)
@@ -384,11 +373,16 @@ def check_combinations(config: TrainingConfig) -> None:
   _check_scheduling(config)
 
 
+DEADLINE_POLICIES = ('deadline_drop', 'deadline_partial')
+"""Round policies that need --deadline_seconds or --deadline_quantile (those
+of `scheduling.policies.ROUND_POLICIES` declared `uses_deadline`)."""
+
+
 def _check_scheduling(config: TrainingConfig) -> None:
   """The rules of the simulated-time settings (docs/simulated_time.md)."""
   s = config.scheduling
   policy = f'--round_policy={s.round_policy}'
-  if s.policy.uses_deadline:
+  if s.round_policy in DEADLINE_POLICIES:
     if s.deadline_seconds > 0 and s.deadline_quantile > 0:
       raise errors.UsageError(
           f'{policy}: give --deadline_seconds or --deadline_quantile, not '

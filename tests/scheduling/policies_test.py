@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline.scheduling import policies
 
@@ -133,3 +134,9 @@ def test_sample_size(name, factor, wanted, num_clients, expected):
 def test_an_unknown_policy_names_the_flag():
   with pytest.raises(errors.UsageError, match='--round_policy'):
     policies.ROUND_POLICIES.get('fastest')
+
+
+def test_config_knows_which_policies_need_a_deadline():
+  assert set(config_lib.DEADLINE_POLICIES) == {
+      name for name in policies.ROUND_POLICIES
+      if policies.ROUND_POLICIES.get(name).uses_deadline}
