@@ -27,12 +27,11 @@ from absl import flags
 
 from benchmarks import report
 from benchmarks import workload
+from tff_pipeline import config as config_lib
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
 from tff_pipeline.data import mnist as mnist_lib
-from tff_pipeline.scheduling import feedback
 from tff_pipeline.scheduling import selecting
-from tff_pipeline.scheduling import selection
 from tff_pipeline.training import loop
 
 _ROUNDS = flags.DEFINE_integer('rounds', 4, 'Timed rounds per setting, after '
@@ -40,19 +39,19 @@ _ROUNDS = flags.DEFINE_integer('rounds', 4, 'Timed rounds per setting, after '
 _JSON = flags.DEFINE_string('json', '', 'Also write the numbers here.')
 
 SETTINGS = {
-    'uniform': (selection.SelectionConfig(), feedback.FeedbackConfig()),
-    'oort': (selection.SelectionConfig(client_selection='oort'),
-             feedback.FeedbackConfig()),
+    'uniform': (config_lib.SelectionConfig(), config_lib.FeedbackConfig()),
+    'oort': (config_lib.SelectionConfig(client_selection='oort'),
+             config_lib.FeedbackConfig()),
     'oort, losses on 64 examples': (
-        selection.SelectionConfig(client_selection='oort',
+        config_lib.SelectionConfig(client_selection='oort',
                                   selection_loss_examples=64),
-        feedback.FeedbackConfig()),
+        config_lib.FeedbackConfig()),
     'power_of_choice, d = 20': (
-        selection.SelectionConfig(client_selection='power_of_choice',
+        config_lib.SelectionConfig(client_selection='power_of_choice',
                                   poc_candidates=20),
-        feedback.FeedbackConfig()),
-    'uniform + feedback': (selection.SelectionConfig(),
-                           feedback.FeedbackConfig(feedback=True)),
+        config_lib.FeedbackConfig()),
+    'uniform + feedback': (config_lib.SelectionConfig(),
+                           config_lib.FeedbackConfig(feedback=True)),
 }
 
 

@@ -10,8 +10,6 @@ from tff_pipeline import faults
 from tff_pipeline import heterogeneity
 from tff_pipeline import registry
 from tff_pipeline import settings
-from tff_pipeline.scheduling import feedback
-from tff_pipeline.scheduling import selection
 
 TRAINING_FLAGS = [
     'experiment_name', 'root_output_dir', 'total_rounds', 'clients_per_round',
@@ -46,8 +44,8 @@ def test_every_training_setting_has_its_flag_in_field_order():
     config_lib.TrainingConfig, config_lib.OptimizerConfig,
     config_lib.AggregationConfig, config_lib.RunOptions,
     heterogeneity.ComputeHeterogeneity, faults.FaultInjection,
-    config_lib.SchedulingConfig, selection.SelectionConfig,
-    feedback.FeedbackConfig])
+    config_lib.SchedulingConfig, config_lib.SelectionConfig,
+    config_lib.FeedbackConfig])
 def test_every_field_is_a_setting_a_block_or_internal(config_type):
   for field in dataclasses.fields(config_type):
     declared = (settings.setting_of(field) is not None

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline.scheduling import feedback
 from tff_pipeline.scheduling import records
 
-ON = feedback.FeedbackConfig(feedback=True, feedback_power=1.0,
+ON = config_lib.FeedbackConfig(feedback=True, feedback_power=1.0,
                              feedback_max_factor=2.0)
 
 
@@ -16,20 +17,20 @@ def test_factors_only_raise_lagging_clients_and_are_bounded():
   np.testing.assert_allclose(
       feedback.work_factors(ON, losses, 1.0),
       [1.0, 1.0, 1.5, 2.0, 1.0, 1.0, 1.0])
-  squared = feedback.FeedbackConfig(feedback=True, feedback_power=2.0,
+  squared = config_lib.FeedbackConfig(feedback=True, feedback_power=2.0,
                                     feedback_max_factor=3.0)
   np.testing.assert_allclose(
       feedback.work_factors(squared, np.array([1.2, 1.5, 2.0]), 1.0),
       [1.44, 2.25, 3.0])
   # Off, or no population loss: no change.
-  off = feedback.FeedbackConfig()
+  off = config_lib.FeedbackConfig()
   np.testing.assert_array_equal(
       feedback.work_factors(off, np.array([9.0]), 1.0), [1.0])
   for lbar in (np.nan, 0.0, -1.0):
     np.testing.assert_array_equal(
         feedback.work_factors(ON, np.array([9.0]), lbar), [1.0])
   # A huge power does not overflow past the bound.
-  huge = feedback.FeedbackConfig(feedback=True, feedback_power=1e6,
+  huge = config_lib.FeedbackConfig(feedback=True, feedback_power=1e6,
                                  feedback_max_factor=5.0)
   np.testing.assert_array_equal(
       feedback.work_factors(huge, np.array([3.0, 0.5]), 1.0), [5.0, 1.0])
@@ -81,7 +82,7 @@ def test_apply_uses_the_records_and_reports_facts():
   np.testing.assert_allclose(fresh.factors, [1.0, 2.0])
   np.testing.assert_array_equal(fresh.local_steps, [6, 12])
   assert fresh.facts['feedback/population_loss'] == 1.5
-  off = feedback.apply(feedback.FeedbackConfig(), rec, sizes,
+  off = feedback.apply(config_lib.FeedbackConfig(), rec, sizes,
                        np.array([1]), np.array([6]), np.array([np.inf]))
   np.testing.assert_array_equal(off.local_steps, [6])
   assert off.facts == {}
@@ -89,9 +90,9 @@ def test_apply_uses_the_records_and_reports_facts():
 
 def test_bad_input():
   with pytest.raises(errors.UsageError, match='--feedback_max_factor'):
-    feedback.FeedbackConfig(feedback_max_factor=0.5)
+    config_lib.FeedbackConfig(feedback_max_factor=0.5)
   with pytest.raises(errors.UsageError, match='--feedback_power'):
-    feedback.FeedbackConfig(feedback_power=-1.0)
+    config_lib.FeedbackConfig(feedback_power=-1.0)
   with pytest.raises(ValueError, match='shapes differ'):
     feedback.compensated_steps(np.ones(2), np.ones(3), np.ones(2))
   with pytest.raises(ValueError, match='factors'):

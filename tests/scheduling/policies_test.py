@@ -2,9 +2,12 @@
 
 import math
 
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline.scheduling import policies
 
@@ -133,3 +136,37 @@ def test_sample_size(name, factor, wanted, num_clients, expected):
 def test_an_unknown_policy_names_the_flag():
   with pytest.raises(errors.UsageError, match='--round_policy'):
     policies.ROUND_POLICIES.get('fastest')
+
+
+def test_config_knows_which_policies_need_a_deadline():
+  assert set(config_lib.DEADLINE_POLICIES) == {
+      name for name in policies.ROUND_POLICIES
+      if policies.ROUND_POLICIES.get(name).uses_deadline}
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    data=st.lists(st.tuples(st.integers(0, 50), st.floats(1e-3, 10.0),
+                            st.floats(0.0, 20.0)), min_size=1, max_size=15),
+    wanted=st.integers(1, 15),
+    quantile=st.floats(0.01, 1.0))
+def test_deadline_invariants(data, wanted, quantile):
+  """Whatever the table: kept clients finish by the deadline (unless nobody
+  could), the round outlasts every kept client, drop keeps at most m full
+  workers, partial never exceeds the full work."""
+  full_steps, step_seconds, comm = (np.array(c) for c in zip(*data))
+  work = policies.RoundWork(full_steps=full_steps, budget_steps=full_steps,
+                            step_seconds=step_seconds, comm_seconds=comm,
+                            wanted=wanted)
+  for name in config_lib.DEADLINE_POLICIES:
+    plan = _plan(name, work, quantile=quantile)
+    kept = plan.kept
+    assert kept.any()
+    assert plan.round_seconds >= plan.seconds[kept].max() - 1e-9
+    if not plan.deadline_missed:
+      assert (plan.seconds[kept] <= plan.deadline_seconds + 1e-9).all()
+      assert plan.round_seconds <= plan.deadline_seconds + 1e-9
+    assert (plan.steps <= full_steps).all() and (plan.steps[~kept] == 0).all()
+    if name == 'deadline_drop':
+      assert kept.sum() <= wanted
+      np.testing.assert_array_equal(plan.steps[kept], full_steps[kept])

@@ -27,8 +27,8 @@ def _config(tmp_path, selection_config=None, feedback_config=None,
       client_optimizer=config_lib.OptimizerConfig(learning_rate=0.05),
       aggregator='compensated', rounds_per_checkpoint=2, seed=5,
       scheduling=config_lib.SchedulingConfig(
-          selection=selection_config or selection.SelectionConfig(),
-          feedback=feedback_config or feedback.FeedbackConfig(),
+          selection=selection_config or config_lib.SelectionConfig(),
+          feedback=feedback_config or config_lib.FeedbackConfig(),
           **scheduling))
 
 
@@ -41,14 +41,14 @@ def _table_losses(table):
 def test_build_keeps_the_clocks_scheduler_by_default(task, tmp_path):
   assert type(selecting.build(task, _config(tmp_path))) is (
       scheduler_lib.Scheduler)
-  oort = _config(tmp_path, selection.SelectionConfig(client_selection='oort'))
+  oort = _config(tmp_path, config_lib.SelectionConfig(client_selection='oort'))
   assert isinstance(selecting.build(task, oort),
                     selecting.SelectingScheduler)
 
 
 def test_feedback_fills_the_deadline_and_records_the_round(task, tmp_path):
   config = _config(
-      tmp_path, feedback_config=feedback.FeedbackConfig(
+      tmp_path, feedback_config=config_lib.FeedbackConfig(
           feedback=True, feedback_max_factor=3.0),
       round_policy='deadline_partial', device_profile='lognormal',
       device_lognormal_sigma=1.0, deadline_quantile=0.9,
@@ -94,7 +94,7 @@ def test_feedback_fills_the_deadline_and_records_the_round(task, tmp_path):
 
 def test_state_round_trips_the_records(task, tmp_path):
   config = _config(tmp_path,
-                   selection.SelectionConfig(client_selection='oort'))
+                   config_lib.SelectionConfig(client_selection='oort'))
   table = np.arange(10, dtype=np.float64)
   scheduler = selecting.SelectingScheduler(task, config,
                                            losses=_table_losses(table))
@@ -114,7 +114,7 @@ def test_state_round_trips_the_records(task, tmp_path):
 
 def test_power_of_choice_evaluates_candidates_and_keeps_the_highest(
     task, tmp_path):
-  config = _config(tmp_path, selection.SelectionConfig(
+  config = _config(tmp_path, config_lib.SelectionConfig(
       client_selection='power_of_choice', poc_candidates=10))
   table = np.array([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0, 5.5, 3.5])
   scheduler = selecting.SelectingScheduler(task, config,
@@ -130,17 +130,20 @@ def test_power_of_choice_evaluates_candidates_and_keeps_the_highest(
       0, 0, 0, 0, 0, 1, 0, 1, 1, 0]
 
 
-def test_selection_settings_that_cannot_work(tmp_path):
+def test_selection_settings_that_cannot_work(task, tmp_path):
+  with pytest.raises(errors.UsageError, match='--client_selection=.best.'):
+    selecting.build(task, _config(tmp_path, config_lib.SelectionConfig(
+        client_selection='best')))
   with pytest.raises(errors.UsageError,
                      match=r'--poc_candidates=3 must be at least the 4'):
-    _config(tmp_path, selection.SelectionConfig(
+    _config(tmp_path, config_lib.SelectionConfig(
         client_selection='power_of_choice', poc_candidates=3),
             round_policy='deadline_drop', deadline_seconds=1.0)
   with pytest.raises(errors.UsageError, match='--feedback .*fedsgd'):
     config_lib.TrainingConfig(
         experiment_name='x', root_output_dir='/tmp/x', algorithm='fedsgd',
         scheduling=config_lib.SchedulingConfig(
-            feedback=feedback.FeedbackConfig(feedback=True)))
+            feedback=config_lib.FeedbackConfig(feedback=True)))
 
 
 def test_a_run_with_oort_and_feedback_resumes_as_it_ran(task, tmp_path,
@@ -148,8 +151,8 @@ def test_a_run_with_oort_and_feedback_resumes_as_it_ran(task, tmp_path,
   """Records are program state: 4 rounds straight equal 2 + resume + 2."""
   config = _config(
       tmp_path / 'straight',
-      selection.SelectionConfig(client_selection='oort'),
-      feedback.FeedbackConfig(feedback=True),
+      config_lib.SelectionConfig(client_selection='oort'),
+      config_lib.FeedbackConfig(feedback=True),
       round_policy='deadline_partial', device_profile='lognormal',
       deadline_quantile=0.8, device_gflops=1e-6)
   algorithm = loop.build_algorithm(task, config)

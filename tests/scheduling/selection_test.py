@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline.scheduling import records
 from tff_pipeline.scheduling import selection
@@ -21,7 +22,7 @@ def population(sizes, seconds, rec=None, losses=None):
 
 
 def config(**kwargs):
-  return selection.SelectionConfig(**kwargs)
+  return config_lib.SelectionConfig(**kwargs)
 
 
 # ----------------------------------------------------------------- uniform
@@ -287,9 +288,9 @@ def test_selection_is_a_function_of_seed_and_round(name):
 def test_registry_and_bad_input():
   assert selection.SELECTORS.names() == ['uniform', 'power_of_choice',
                                          'oort']
-  with pytest.raises(errors.UsageError, match='--client_selection=.best.'):
-    config(client_selection='best')
   pop = population(np.ones(3), np.ones(3))
+  with pytest.raises(errors.UsageError, match='--client_selection=.best.'):
+    selection.select(config(client_selection='best'), 0, 1, 1, pop)
   with pytest.raises(errors.UsageError, match='--clients_per_round'):
     selection.select(config(), 0, 1, 4, pop)
   with pytest.raises(errors.UsageError, match='--oort_cutoff'):

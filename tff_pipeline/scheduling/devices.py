@@ -28,16 +28,14 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline import heterogeneity
 from tff_pipeline import registry
-
-if TYPE_CHECKING:
-  from tff_pipeline import config as config_lib
 
 # Separates the device streams from the other streams derived from --seed.
 _SPEED_STREAM = 0x4445_5653
@@ -65,7 +63,7 @@ class Devices:
     return len(self.gflops)
 
 
-DeviceProfile = Callable[['config_lib.TrainingConfig', int], Devices]
+DeviceProfile = Callable[[config_lib.TrainingConfig, int], Devices]
 """(config, number of clients) -> the clients' devices."""
 DEVICE_PROFILES: registry.Registry[DeviceProfile] = registry.Registry(
     'device profile', '--device_profile')
@@ -78,7 +76,7 @@ def _constant(value: float, num_clients: int) -> np.ndarray:
 @DEVICE_PROFILES.register(
     'capacity', 'speed = --device_gflops * the --capacity_profile capacity; '
     'equal bandwidths')
-def capacity_devices(config: 'config_lib.TrainingConfig',
+def capacity_devices(config: config_lib.TrainingConfig,
                      num_clients: int) -> Devices:
   s = config.scheduling
   capacity = np.array([
@@ -99,7 +97,7 @@ def lognormal_factor(seed: int, stream: int, client_index: int,
 @DEVICE_PROFILES.register(
     'lognormal', 'speed and bandwidths = the flag values * independent '
     'log-normal factors (--device_lognormal_sigma)')
-def lognormal_devices(config: 'config_lib.TrainingConfig',
+def lognormal_devices(config: config_lib.TrainingConfig,
                       num_clients: int) -> Devices:
   s = config.scheduling
 
@@ -117,7 +115,7 @@ def lognormal_devices(config: 'config_lib.TrainingConfig',
 @DEVICE_PROFILES.register(
     'file', 'one row per client from --device_file (CSV or JSON: client, '
     'gflops, up_mbps, down_mbps)')
-def file_devices(config: 'config_lib.TrainingConfig',
+def file_devices(config: config_lib.TrainingConfig,
                  num_clients: int) -> Devices:
   return read_device_file(config.scheduling.device_file, num_clients)
 
@@ -205,14 +203,14 @@ def write_device_file(path: str, devices: Devices) -> None:
                        repr(float(devices.down_mbps[k]))])
 
 
-def build_devices(config: 'config_lib.TrainingConfig',
+def build_devices(config: config_lib.TrainingConfig,
                   num_clients: int) -> Devices:
   """The devices of the run's clients, as `--device_profile` says."""
   return DEVICE_PROFILES.get(config.scheduling.device_profile)(
       config, num_clients)
 
 
-def minority(config: 'config_lib.TrainingConfig',
+def minority(config: config_lib.TrainingConfig,
              num_clients: int) -> Sequence[int] | None:
   """The slow minority's client indices under `--capacity_profile=minority`
   (None otherwise), for the share of it in each round."""

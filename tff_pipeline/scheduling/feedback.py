@@ -61,37 +61,11 @@ import math
 
 import numpy as np
 
-from tff_pipeline import settings
+from tff_pipeline import config as config_lib
 from tff_pipeline.scheduling import records as records_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class FeedbackConfig:
-  """Whether and how much lagging clients get more local work."""
-
-  feedback: bool = settings.setting(
-      False,
-      help='Give each round\'s clients whose loss of the global model L_i '
-      '(measured before the round) lags the population\'s Lbar up to '
-      '--feedback_max_factor times their local steps, (L_i / '
-      'Lbar)^--feedback_power, within what their device can run by the '
-      'deadline (docs/selection.md).')
-  feedback_power: float = settings.setting(
-      1.0, checks=[settings.at_least(0, 'must be >= 0')],
-      help='feedback: beta of the work factor (L_i / Lbar)^beta.')
-  feedback_max_factor: float = settings.setting(
-      2.0, checks=[settings.at_least(1, 'must be >= 1')],
-      help='feedback: the most a lagging client\'s local steps are '
-      'multiplied by.')
-
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
-
-def work_factors(config: FeedbackConfig, client_losses: np.ndarray,
+def work_factors(config: config_lib.FeedbackConfig, client_losses: np.ndarray,
                  population_loss: float) -> np.ndarray:
   """f_i = clip((L_i / Lbar)^beta, 1, F); 1 where L_i or Lbar is unknown.
 
@@ -169,7 +143,7 @@ class Feedback:
   facts: dict[str, float]
 
 
-def apply(config: FeedbackConfig, records: records_lib.ClientRecords,
+def apply(config: config_lib.FeedbackConfig, records: records_lib.ClientRecords,
           num_examples: np.ndarray, client_indices: np.ndarray,
           planned_steps: np.ndarray, max_steps: np.ndarray,
           client_losses: np.ndarray | None = None) -> Feedback:

@@ -96,7 +96,9 @@ class Scheduler:
     self.config = config
     self.client_ids = list(task.train_data.client_ids)
     num_clients = len(self.client_ids)
-    self.policy = config.scheduling.policy
+    self.policy = policies.ROUND_POLICIES.get(config.scheduling.round_policy)
+    self.deadline = policies.Deadline(config.scheduling.deadline_seconds,
+                                      config.scheduling.deadline_quantile)
     self.devices = devices_lib.build_devices(config, num_clients)
     model = task.model_builder()
     self.flops_per_example = float(
@@ -185,7 +187,7 @@ class Scheduler:
     """
     wanted = self.config.clients_per_round if wanted is None else wanted
     work, stragglers = self.work(round_num, client_ids, wanted)
-    plan = self.policy.plan(work, self.config.scheduling.deadline)
+    plan = self.policy.plan(work, self.deadline)
     share = None
     if self._minority is not None:
       trained = [self.task.train_data.client_index(c)

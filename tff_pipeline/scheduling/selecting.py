@@ -18,7 +18,7 @@
   * `state` / `restore` add the records to the clock's checkpointed state,
     so a resumed run selects and feeds back as an uninterrupted one.
 
-The server's loss evaluation (`training/client_losses.py`) stands in for
+The server's loss evaluation (`client_losses.py`) stands in for
 clients reporting their loss; its wall-clock time is the CSV column
 `selection/evaluation_seconds`, apart from the round's other costs.
 
@@ -42,7 +42,7 @@ from tff_pipeline.scheduling import feedback as feedback_lib
 from tff_pipeline.scheduling import records as records_lib
 from tff_pipeline.scheduling import scheduler as scheduler_lib
 from tff_pipeline.scheduling import selection
-from tff_pipeline.training import client_losses
+from tff_pipeline.scheduling import client_losses
 
 # Selectors that read the records' losses: the round's clients are evaluated
 # before training so that the records hold them.
@@ -54,6 +54,7 @@ def build(task: tasks_lib.Task, config: config_lib.TrainingConfig
   """The run's scheduler: a `SelectingScheduler` when selection is not
   uniform or `--feedback` is on, else the clock's `Scheduler`."""
   s = config.scheduling
+  selection.SELECTORS.get(s.selection.client_selection)  # A bad name fails.
   if s.selection.client_selection == 'uniform' and not s.feedback.feedback:
     return scheduler_lib.Scheduler(task, config)
   return SelectingScheduler(task, config)

@@ -65,9 +65,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tff_pipeline import config as config_lib
 from tff_pipeline import errors
 from tff_pipeline import registry
-from tff_pipeline import settings
 from tff_pipeline.scheduling import records as records_lib
 
 # The Lehmer generator of tff.simulation.build_uniform_sampling_fn
@@ -145,61 +145,14 @@ class Selection:
     return [population.client_ids[i] for i in self.indices]
 
 
-Selector = Callable[['SelectionConfig', int, int, int, Population], Selection]
+Selector = Callable[[config_lib.SelectionConfig, int, int, int, Population],
+                    Selection]
 """(config, seed, round_num, m, population) -> Selection."""
 SELECTORS: registry.Registry[Selector] = registry.Registry(
     'client selection', '--client_selection', sort_names=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class SelectionConfig:
-  """Which clients train in a round. The defaults are today's sampling."""
-
-  client_selection: str = settings.setting(
-      'uniform', choices=SELECTORS,
-      help='How each round\'s clients are chosen: {choices}')
-  poc_candidates: int = settings.setting(
-      0, checks=[settings.at_least(0, 'must be >= 0')],
-      help='power_of_choice: d, the candidates sampled in proportion to '
-      'their data, of which the clients_per_round with the highest loss '
-      'train; at least --clients_per_round; 0 means twice it.')
-  selection_loss_examples: int = settings.setting(
-      64, checks=[settings.at_least(0, 'must be >= 0 (0: all)')],
-      help='Evaluate the global model\'s loss of a client (power_of_choice, '
-      'oort, --feedback) on at most this many of its examples, drawn from '
-      '(seed, round, client); 0: all of them (on the paper CNN, all cost '
-      '21% of a round for oort, 64 cost 2.5%: docs/selection.md).')
-  oort_alpha: float = settings.setting(
-      2.0, checks=[settings.at_least(0, 'must be >= 0')],
-      help='oort: alpha of the system factor (T / t_i)^alpha that lowers '
-      'the utility of clients slower than the preferred round time T.')
-  oort_preferred_seconds: float = settings.setting(
-      0.0, checks=[settings.at_least(0, 'must be >= 0')],
-      help='oort: T, the preferred round duration in simulated seconds; 0 '
-      'means the median of the devices\' full-work times.')
-  oort_exploration: float = settings.setting(
-      0.9, checks=[settings.fraction()],
-      help='oort: initial share eps_0 of the round\'s clients explored '
-      'among never-seen clients; eps = max(eps_0 * decay^round, min).')
-  oort_exploration_decay: float = settings.setting(
-      0.98, checks=[settings.fraction()],
-      help='oort: factor applied to the exploration share each round.')
-  oort_exploration_min: float = settings.setting(
-      0.2, checks=[settings.fraction()],
-      help='oort: the exploration share never falls below this.')
-  oort_cutoff: float = settings.setting(
-      0.95, checks=[settings.fraction()],
-      help='oort: clients whose utility is at least this times the '
-      'exploited quota\'s lowest are sampled in proportion to utility.')
-
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
-
-def select(config: SelectionConfig, seed: int, round_num: int, m: int,
+def select(config: config_lib.SelectionConfig, seed: int, round_num: int, m: int,
            population: Population) -> Selection:
   """The m clients of round `round_num`, as `config.client_selection` says.
 
@@ -236,13 +189,13 @@ def uniform_indices(seed: int, round_num: int, m: int, n: int) -> np.ndarray:
 
 @SELECTORS.register('uniform',
                     'uniformly without replacement (TFF\'s sampler)')
-def _uniform(config: SelectionConfig, seed: int, round_num: int, m: int,
+def _uniform(config: config_lib.SelectionConfig, seed: int, round_num: int, m: int,
              population: Population) -> Selection:
   del config
   return Selection(uniform_indices(seed, round_num, m, population.size), {})
 
 
-def poc_candidates(config: SelectionConfig, m: int, num_clients: int) -> int:
+def poc_candidates(config: config_lib.SelectionConfig, m: int, num_clients: int) -> int:
   """d of power of choice: `--poc_candidates`, or 2m when it is 0.
 
   Raises:
@@ -263,7 +216,7 @@ def poc_candidates(config: SelectionConfig, m: int, num_clients: int) -> int:
     'power_of_choice',
     'the m highest-loss of d candidates sampled in proportion to data '
     '(Cho et al. 2022)')
-def _power_of_choice(config: SelectionConfig, seed: int, round_num: int,
+def _power_of_choice(config: config_lib.SelectionConfig, seed: int, round_num: int,
                      m: int, population: Population) -> Selection:
   d = poc_candidates(config, m, population.size)
   if population.losses is None:
@@ -298,14 +251,14 @@ def _power_of_choice(config: SelectionConfig, seed: int, round_num: int,
   })
 
 
-def oort_exploration(config: SelectionConfig, round_num: int) -> float:
+def oort_exploration(config: config_lib.SelectionConfig, round_num: int) -> float:
   """eps of round `round_num`: max(eps_0 * decay^round, eps_min)."""
   return max(config.oort_exploration
              * config.oort_exploration_decay**round_num,
              config.oort_exploration_min)
 
 
-def oort_preferred_seconds(config: SelectionConfig,
+def oort_preferred_seconds(config: config_lib.SelectionConfig,
                            population: Population) -> float:
   """T: `--oort_preferred_seconds`, or the devices' median full-work time."""
   if config.oort_preferred_seconds > 0:
@@ -313,7 +266,7 @@ def oort_preferred_seconds(config: SelectionConfig,
   return float(np.median(population.full_work_seconds))
 
 
-def oort_system_factor(config: SelectionConfig, seconds: np.ndarray,
+def oort_system_factor(config: config_lib.SelectionConfig, seconds: np.ndarray,
                        preferred: float) -> np.ndarray:
   """(T / t_i)^alpha for clients slower than T, else 1."""
   seconds = np.asarray(seconds, np.float64)
@@ -321,7 +274,7 @@ def oort_system_factor(config: SelectionConfig, seconds: np.ndarray,
                   (preferred / seconds)**config.oort_alpha, 1.0)
 
 
-def oort_utilities(config: SelectionConfig, round_num: int,
+def oort_utilities(config: config_lib.SelectionConfig, round_num: int,
                    population: Population) -> np.ndarray:
   """Each client's Oort utility; NaN for clients that cannot be exploited.
 
@@ -371,7 +324,7 @@ def _weighted_sample(rng: np.random.Generator, pool: np.ndarray,
     'oort',
     'utility |B_i| L_i times a speed factor, with exploration of unseen '
     'clients (Lai et al. 2021)')
-def _oort(config: SelectionConfig, seed: int, round_num: int, m: int,
+def _oort(config: config_lib.SelectionConfig, seed: int, round_num: int, m: int,
           population: Population) -> Selection:
   rng = np.random.default_rng([seed, _OORT_STREAM, round_num])
   eps = oort_exploration(config, round_num)

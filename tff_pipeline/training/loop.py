@@ -287,6 +287,9 @@ def run_federated(
       unusable checkpoints, a non-finite model or an interruption.
   """
   config.check_num_clients(len(task.train_data.client_ids))
+  # Built first: it reads --device_file and resolves the policy, so bad
+  # simulated-time input fails before a worker starts.
+  scheduler = selecting.build(task, config)
   hparams = dict(hparams) if hparams is not None else config.hparams()
   paths = prepare_outputs(config)
   checkpoints = checkpoints_lib.CheckpointManager(paths.checkpoint_dir)
@@ -301,8 +304,8 @@ def run_federated(
           connect_timeout=worker_connect_timeout, tls=worker_tls)
     try:
       with runtime.installed():
-        return _train(task, config, paths, checkpoints, algorithm, progress,
-                      on_round_end,
+        return _train(task, config, paths, checkpoints, algorithm, scheduler,
+                      progress, on_round_end,
                       memory.probe(lambda: runtime.local_worker_pids))
     finally:
       if own_runtime:
@@ -315,6 +318,7 @@ def _train(
     paths: outputs_lib.OutputPaths,
     checkpoints: checkpoints_lib.CheckpointManager,
     algorithm: algorithms.Algorithm | None,
+    scheduler: scheduler_lib.Scheduler,
     progress: bool,
     on_round_end: Callable[[int, dict[str, float]], None] | None,
     memory_probe: Callable[[], dict[str, float]],
@@ -323,7 +327,6 @@ def _train(
   if algorithm is None:
     algorithm = build_algorithm(task, config)
   initial_state = algorithm.process.initialize()
-  scheduler = selecting.build(task, config)
   state, start_round, clock_state = checkpoints.load_latest_with_extra(
       initial_state, scheduler.state())
   if state is None:

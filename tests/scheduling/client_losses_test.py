@@ -4,7 +4,7 @@ import numpy as np
 
 from tff_pipeline import tasks
 from tff_pipeline.data import regression
-from tff_pipeline.training import client_losses
+from tff_pipeline.scheduling import client_losses
 
 
 def _task():
