@@ -18,9 +18,11 @@ local steps become
     tau_i' = max(tau_i, min(ceil(f_i * tau_i), tau_i^max)),
 
 where tau_i is what the round policy planned and tau_i^max the steps its
-device can run by the round's deadline (unbounded without one). So the
-extra work never makes a client miss a deadline; under `wait_all` it
-lengthens the round, and the clock charges it.
+device can run by the round's deadline, or, under policies without one
+(`wait_all`, `budgets`), by the round's planned duration (the slowest
+client's finish). So the extra work never makes a client miss a deadline
+or lengthen a round: it fills time the client would otherwise wait
+(`selecting.SelectingScheduler.plan` applies it).
 
 Why the objective stays the same (with `--aggregator=compensated`). Client
 i's update after tau_i local SGD steps at learning rate eta is
