@@ -105,7 +105,7 @@ class SelectingScheduler(scheduler_lib.Scheduler):
                     weights: Sequence[np.ndarray]) -> None:
     """The global model round `round_num` starts from (losses are of it)."""
     self._round_losses = self._losses_of(weights, round_num)
-    self._measured: dict[int, float] = {}
+    self._measured = {}
     self._evaluation_seconds = 0.0
     self._facts = {}
 
