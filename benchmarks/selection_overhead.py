@@ -66,7 +66,8 @@ def _time_setting(task, base, algorithm, name, rounds):
     start = time.perf_counter()
     result = loop.run_round(task, config, algorithm, state, round_num,
                             scheduler)
-    row = scheduler.finish_round(round_num, result.scheduled, result.row)
+    row = scheduler.finish_round(round_num, result.scheduled, result.row,
+                                 result.weights)
     elapsed = time.perf_counter() - start
     state = result.state
     if round_num == 1:

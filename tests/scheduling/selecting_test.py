@@ -56,7 +56,6 @@ def test_feedback_fills_the_deadline_and_records_the_round(task, tmp_path):
   table = np.linspace(0.5, 5.0, 10)
   scheduler = selecting.SelectingScheduler(task, config,
                                            losses=_table_losses(table))
-  scheduler.observe_model(1, None)
   candidates = scheduler.sample(1, 3)
   base = scheduler_lib.Scheduler(task, config).plan(1, candidates)
   scheduled = scheduler.plan(1, candidates)
@@ -99,7 +98,6 @@ def test_state_round_trips_the_records(task, tmp_path):
   scheduler = selecting.SelectingScheduler(task, config,
                                            losses=_table_losses(table))
   for round_num in (1, 2):
-    scheduler.observe_model(round_num, None)
     scheduled = scheduler.plan(round_num, scheduler.sample(round_num, 3))
     scheduler.finish_round(round_num, scheduled, {})
   resumed = selecting.SelectingScheduler(task, config,
@@ -107,8 +105,6 @@ def test_state_round_trips_the_records(task, tmp_path):
   resumed.restore(scheduler.state())
   assert resumed.records == scheduler.records
   assert resumed.elapsed_seconds == scheduler.elapsed_seconds
-  for s in (scheduler, resumed):
-    s.observe_model(3, None)
   assert scheduler.sample(3, 3) == resumed.sample(3, 3)
 
 
@@ -119,7 +115,6 @@ def test_power_of_choice_evaluates_candidates_and_keeps_the_highest(
   table = np.array([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0, 5.5, 3.5])
   scheduler = selecting.SelectingScheduler(task, config,
                                            losses=_table_losses(table))
-  scheduler.observe_model(1, None)
   chosen = scheduler.sample(1, 3)
   assert [task.train_data.client_index(c) for c in chosen] == [5, 7, 8]
   row = scheduler.finish_round(1, scheduler.plan(1, chosen), {})

@@ -116,22 +116,30 @@ class Scheduler:
         self.client_ids, replace=False, random_seed=config.seed)
     self.elapsed_seconds = 0.0
 
-  def observe_model(self, round_num: int, weights: Sequence[Any]) -> None:
-    """The global model round `round_num` starts from (selectors that read
-    losses evaluate it; uniform sampling does not need it)."""
-    del round_num, weights
-
   # --- which clients ---------------------------------------------------------
 
-  def sample(self, round_num: int, wanted: int) -> list[str]:
-    """The candidates of a round that trains `wanted` clients."""
+  def sample(self, round_num: int, wanted: int,
+             weights: Sequence[np.ndarray] | None = None) -> list[str]:
+    """The candidates of a round that trains `wanted` clients.
+
+    Args:
+      round_num: 1-based.
+      wanted: m, the clients the round trains (`--clients_per_round`).
+      weights: The global model's trainable weights (Keras order) before the
+        round, for selectors that evaluate it; uniform selection ignores it.
+    """
     size = self.policy.sample_size(
         wanted, self.config.scheduling.oversample_factor,
         len(self.client_ids))
-    return self.select(round_num, size)
+    return self.select(round_num, size, weights)
 
-  def select(self, round_num: int, size: int) -> list[str]:
-    """`size` distinct clients, uniformly: a pure function of (seed, round)."""
+  def select(self, round_num: int, size: int,
+             weights: Sequence[np.ndarray] | None = None) -> list[str]:
+    """`size` distinct clients, uniformly: a pure function of (seed, round).
+
+    The hook of client selection: a selector overrides this method.
+    """
+    del weights
     return list(self._uniform(round_num, size))
 
   # --- how much work, how long ---------------------------------------------
@@ -198,8 +206,10 @@ class Scheduler:
 
   # --- the clock, as program state -------------------------------------------
 
-  def finish_round(self, round_num: int, scheduled: ScheduledRound,
-                   row: Mapping[str, float]) -> dict[str, float]:
+  def finish_round(
+      self, round_num: int, scheduled: ScheduledRound,
+      row: Mapping[str, float],
+      weights: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """Advances the clock by a finished round; returns the columns to add.
 
     Args:
@@ -207,8 +217,9 @@ class Scheduler:
       scheduled: Its plan.
       row: Its metrics row (what the clients reported), for schedulers that
         learn from it.
+      weights: The new global model's trainable weights (Keras order).
     """
-    del round_num, row
+    del round_num, row, weights
     self.elapsed_seconds += scheduled.plan.round_seconds
     return {'time/elapsed_seconds': self.elapsed_seconds}
 

@@ -4,7 +4,7 @@
 `SelectingScheduler` adds what `--client_selection` and `--feedback` need
 (docs/selection.md):
 
-  * `select` asks the registered selector (`selection.py`) for the round's
+  * `select` (given the global model) asks the registered selector (`selection.py`) for the round's
     candidates, from the server's per-client records (`records.py`), the
     clients' data sizes, their devices' expected full-work seconds, and,
     for `power_of_choice`, the current global model's loss on each
@@ -101,8 +101,8 @@ class SelectingScheduler(scheduler_lib.Scheduler):
 
   # --- the round's global model ----------------------------------------------
 
-  def observe_model(self, round_num: int,
-                    weights: Sequence[np.ndarray]) -> None:
+  def _start_round(self, round_num: int,
+                   weights: Sequence[np.ndarray] | None) -> None:
     """The global model round `round_num` starts from (losses are of it)."""
     self._round_losses = self._losses_of(weights, round_num)
     self._measured = {}
@@ -111,7 +111,7 @@ class SelectingScheduler(scheduler_lib.Scheduler):
 
   def _losses(self, indices: np.ndarray) -> np.ndarray:
     if self._round_losses is None:
-      raise RuntimeError('observe_model must be called before a round')
+      raise RuntimeError('select must run before a round is planned')
     start = time.perf_counter()
     losses = np.asarray(self._round_losses(indices), np.float64)
     self._evaluation_seconds += time.perf_counter() - start
@@ -126,7 +126,17 @@ class SelectingScheduler(scheduler_lib.Scheduler):
 
   # --- which clients ---------------------------------------------------------
 
-  def select(self, round_num: int, size: int) -> list[str]:
+  def select(self, round_num: int, size: int,
+             weights: Sequence[np.ndarray] | None = None) -> list[str]:
+    """The round's candidates, as `--client_selection` chooses them.
+
+    Args:
+      round_num: 1-based.
+      size: How many.
+      weights: The global model before the round; the losses the round
+        measures are of it (required when a loss is needed).
+    """
+    self._start_round(round_num, weights)
     population = self._population()
     chosen = selection.select(self._selection, self.config.seed, round_num,
                               size, population)
@@ -172,8 +182,10 @@ class SelectingScheduler(scheduler_lib.Scheduler):
 
   def finish_round(self, round_num: int,
                    scheduled: scheduler_lib.ScheduledRound,
-                   row: Mapping[str, float]) -> dict[str, float]:
-    out = super().finish_round(round_num, scheduled, row)
+                   row: Mapping[str, float],
+                   weights: Sequence[np.ndarray] | None = None
+                   ) -> dict[str, float]:
+    out = super().finish_round(round_num, scheduled, row, weights)
     kept = np.flatnonzero(scheduled.plan.kept)
     indices = np.array(
         [self._index[scheduled.candidates[k]] for k in kept], np.int64)

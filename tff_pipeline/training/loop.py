@@ -210,9 +210,9 @@ def run_round(
   if scheduler is None:
     scheduler = selecting.build(task, config)
   start = time.perf_counter()
-  scheduler.observe_model(round_num, state.global_model_weights.trainable)
-  scheduled = scheduler.plan(
-      round_num, scheduler.sample(round_num, config.clients_per_round))
+  scheduled = scheduler.plan(round_num, scheduler.sample(
+      round_num, config.clients_per_round,
+      list(state.global_model_weights.trainable)))
   planned = time.perf_counter()
   client_ids = scheduled.client_ids
   inputs, compute_stats = client_inputs(task, config, algorithm, round_num,
@@ -397,7 +397,8 @@ def _train(
       if not result.finite:
         raise _non_finite_error(round_num, last_saved)
       state, weights, row = result.state, result.weights, result.row
-      row.update(scheduler.finish_round(round_num, result.scheduled, row))
+      row.update(scheduler.finish_round(round_num, result.scheduled, row,
+                                        weights))
       # Every candidate receives the model; only the kept ones upload.
       row['communication/bytes_broadcast'] = float(
           per_client.broadcast_bytes * len(result.scheduled.candidates))
