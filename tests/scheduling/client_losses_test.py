@@ -56,3 +56,15 @@ def test_a_sample_of_examples_per_client():
   assert other([k])[0] != sampled([k])[0]
   whole = client_losses.ClientLosses(task, weights, max_examples=10**6)
   np.testing.assert_allclose(whole([k]), [_mse(task, k, weights)], rtol=1e-5)
+
+
+def test_the_rounds_of_an_evaluator_share_one_model():
+  task = _task()
+  evaluate = client_losses.evaluator(task)
+  rng = np.random.default_rng(1)
+  for round_num in (1, 2):
+    weights = [rng.normal(size=(3, 1)).astype(np.float32),
+               rng.normal(size=(1,)).astype(np.float32)]
+    np.testing.assert_allclose(evaluate(weights, round_num)([1, 2]),
+                               [_mse(task, k, weights) for k in (1, 2)],
+                               rtol=1e-5)

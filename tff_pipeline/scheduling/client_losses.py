@@ -42,10 +42,14 @@ class ClientLosses:
     max_examples: Evaluate at most this many examples per client (0: all).
     seed: The run's seed (for the sample).
     round_num: The round (for the sample).
+    model: Returns the Keras model to evaluate with (its weights are set
+      here); defaults to a new model from `task.model_builder`.
   """
 
   def __init__(self, task: tasks_lib.Task, weights: Sequence[np.ndarray],
-               *, max_examples: int = 0, seed: int = 0, round_num: int = 0):
+               *, max_examples: int = 0, seed: int = 0, round_num: int = 0,
+               model: Callable[[], tf.keras.Model] | None = None):
+    self._model_source = model or task.model_builder
     self._max_examples = max_examples
     self._seed = seed
     self._round_num = round_num
@@ -69,9 +73,7 @@ class ClientLosses:
 
   def _evaluate(self, indices: list[int]) -> list[float]:
     if self._model is None:
-      # Built on first use: TFF builds its own copies of the model in graph
-      # contexts, and Keras refuses to run models built earlier outside them.
-      self._model = self._task.model_builder()
+      self._model = self._model_source()
       self._model.set_weights(self._weights)
     data = self._task.train_data
     arrays = [self._sample(i, data.client_arrays(self._client_ids[i]))
@@ -106,7 +108,20 @@ class ClientLosses:
 
 def evaluator(task: tasks_lib.Task, *, max_examples: int = 0, seed: int = 0
               ) -> Callable[[Sequence[np.ndarray], int], ClientLosses]:
-  """(weights, round) -> `ClientLosses` of that global model, for the loop."""
+  """(weights, round) -> `ClientLosses` of that global model, for the loop.
+
+  The rounds share one Keras model, built on first use (after the learning
+  process is built: TFF builds its own copies of the model in graph contexts,
+  and Keras refuses to run models built earlier outside them); building it
+  anew each round cost more than the evaluation itself on the 2NN.
+  """
+  cache: list[tf.keras.Model] = []
+
+  def model() -> tf.keras.Model:
+    if not cache:
+      cache.append(task.model_builder())
+    return cache[0]
+
   return lambda weights, round_num: ClientLosses(
       task, weights, max_examples=max_examples, seed=seed,
-      round_num=round_num)
+      round_num=round_num, model=model)
