@@ -56,13 +56,6 @@ def test_deadline_policies_write_the_clock(tmp_path, policy, sampled):
   assert (results / 'accuracy_vs_simulated_time.png').exists()
 
 
-def test_an_unreached_target_is_null(tmp_path):
-  _, summary, _ = _run(tmp_path, 'unreached', '--target_accuracy=1')
-  assert summary['rounds_to_target'] is None
-  assert summary['simulated_seconds_to_target'] is None
-  assert summary['simulated_seconds'] > 0
-
-
 def _device_file(tmp_path, text):
   path = tmp_path / 'devices.csv'
   path.write_text(text)
