@@ -160,7 +160,7 @@ class SelectionConfig:
       help='Evaluate the global model\'s loss of a client (power_of_choice, '
       'oort, --feedback) on at most this many of its examples, drawn from '
       '(seed, round, client); 0: all of them (on the paper CNN, all cost '
-      '21% of a round for oort, 64 cost 2.5%: docs/selection.md).')
+      '27% of a round for oort, 64 cost 4%: docs/selection.md).')
   oort_alpha: float = setting(
       2.0, checks=[settings.at_least(0, 'must be >= 0')],
       help='oort: alpha of the system factor (T / t_i)^alpha that lowers '
