@@ -13,6 +13,7 @@ from tff_pipeline.data import regression
 from tff_pipeline.scheduling import clock
 from tff_pipeline.scheduling import scheduler as scheduler_lib
 from tff_pipeline.training import loop
+from tff_pipeline.training import recorder
 
 SPEC = regression.RegressionSpec(num_clients=8, examples_per_client=20,
                                  noise_std=0.3, size_exponent=1.0, seed=3)
@@ -161,13 +162,13 @@ def test_simulated_time_summary_finds_the_first_round_at_target():
       {'round_num': 3.0, 'time/elapsed_seconds': 12.0, 'eval/accuracy': 0.96},
       {'round_num': 4.0, 'time/elapsed_seconds': 20.0, 'eval/accuracy': 0.97},
   ]
-  assert loop.simulated_time_summary(history, 20.0, 0.95) == {
+  assert recorder.simulated_time_summary(history, 20.0, 0.95) == {
       'simulated_seconds': 20.0, 'target_accuracy': 0.95,
       'rounds_to_target': 3, 'simulated_seconds_to_target': 12.0}
-  assert loop.simulated_time_summary(history, 20.0, 0.99) == {
+  assert recorder.simulated_time_summary(history, 20.0, 0.99) == {
       'simulated_seconds': 20.0, 'target_accuracy': 0.99,
       'rounds_to_target': None, 'simulated_seconds_to_target': None}
-  assert loop.simulated_time_summary(history, 20.0, 0.0) == {
+  assert recorder.simulated_time_summary(history, 20.0, 0.0) == {
       'simulated_seconds': 20.0}
 
 

@@ -27,7 +27,6 @@ manager drops rows at or after the resumed round, so no row is duplicated.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -372,8 +371,9 @@ def _train(
         'round_seconds': [row.get('round_seconds') for row in history],
         **recorder_lib.eval_history(history),
         **task.summary_extras(weights),
-        **simulated_time_summary(history, scheduler.elapsed_seconds,
-                                 config.scheduling.target_accuracy),
+        **recorder_lib.simulated_time_summary(
+            history, scheduler.elapsed_seconds,
+            config.scheduling.target_accuracy),
     }
     if history:
       summary['final_metrics'] = dict(history[-1])
@@ -444,29 +444,6 @@ def _train(
       plots.plot_history(recorder.history, paths.result, config.experiment_name)
   outputs_lib.atomic_save_npz(paths.weights_npz, weights)
   return RunResult(recorder.history, weights, summary, paths)
-
-
-def simulated_time_summary(
-    history: Sequence[Mapping[str, float]], elapsed_seconds: float,
-    target_accuracy: float,
-) -> dict[str, Any]:
-  """`summary.json`'s simulated-time keys (docs/outputs.md).
-
-  Always `simulated_seconds`; with a target (> 0), `rounds_to_target` and
-  `simulated_seconds_to_target` of the first evaluation whose
-  `eval/accuracy` reaches it (None if none does yet).
-  """
-  summary: dict[str, Any] = {'simulated_seconds': elapsed_seconds}
-  if target_accuracy > 0:
-    summary.update(target_accuracy=target_accuracy, rounds_to_target=None,
-                   simulated_seconds_to_target=None)
-    for row in history:
-      if row.get('eval/accuracy', -math.inf) >= target_accuracy:
-        summary['rounds_to_target'] = int(row['round_num'])
-        summary['simulated_seconds_to_target'] = row.get(
-            'time/elapsed_seconds')
-        break
-  return summary
 
 
 def _non_finite_error(round_num: int, last_saved: int) -> errors.TrainingError:
