@@ -14,7 +14,8 @@ client SGD 0.05, server SGD 1.0. It measures and prints:
     loop's own `loop.run_round`), split into building the client datasets
     (`loop.client_inputs`) and `process.next`, with the CPU seconds of this
     process, of the TFF worker and of everything else on the machine during
-    the round;
+    the round, and the scheduler's share (sampling, devices, the simulated
+    clock and the round policy) as a ratio of the round;
   * the median of a plain Keras `model.fit` over the same 6000 examples
     (1 epoch, batch 10, SGD 0.05) after one warm-up fit, and the ratio;
   * analytic forward+backward FLOPs and the GFLOP/s they imply;
@@ -44,6 +45,7 @@ _SCRIPT_START_UPTIME = _uptime()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
+import dataclasses
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -65,6 +67,10 @@ from benchmarks import workload
 from tff_pipeline import models
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
+from tff_pipeline import config as config_lib
+from tff_pipeline.models import flops as model_flops
+from tff_pipeline.scheduling import policies
+from tff_pipeline.scheduling import scheduler as scheduler_lib
 
 _IMPORTS_DONE = time.perf_counter()
 
@@ -169,6 +175,28 @@ def _progress(record: workload.RoundRecord, warmup: bool) -> None:
         f'{record.seconds:.3f} s', file=sys.stderr, flush=True)
 
 
+def _plan_seconds_by_policy(task: tasks.Task,
+                            config: config_lib.TrainingConfig
+                            ) -> dict[str, float]:
+  """Median seconds of the scheduler's `sample` + `plan` under each round
+  policy, over 20 rounds of the workload's clients (deadline policies: the
+  0.8 quantile)."""
+  seconds = {}
+  for name in policies.ROUND_POLICIES:
+    quantile = 0.8 if name in config_lib.DEADLINE_POLICIES else 0.0
+    scheduler = scheduler_lib.Scheduler(task, dataclasses.replace(
+        config, scheduling=config_lib.SchedulingConfig(
+            round_policy=name, deadline_quantile=quantile)))
+    times = []
+    for round_num in range(1, 21):
+      start = time.perf_counter()
+      scheduler.plan(round_num, scheduler.sample(round_num,
+                                                 config.clients_per_round))
+      times.append(time.perf_counter() - start)
+    seconds[name] = report.median(times)
+  return seconds
+
+
 def _federated(task: tasks.Task) -> dict[str, Any]:
   """Setup, the warm-up (first) round, then the timed rounds."""
   config = workload.training_config(
@@ -220,6 +248,7 @@ def _federated(task: tasks.Task) -> dict[str, Any]:
                       'num_examples': first.num_examples},
       'first_round_end': first_round_end,
       'timed': workload.round_summary(timed),
+      'plan_seconds_by_policy': _plan_seconds_by_policy(task, config),
       'worker_pid': worker_pid,
       'worker_threads': worker_threads,
       'worker_peak_rss_bytes': worker_peak,
@@ -269,7 +298,7 @@ def main(argv: list[str]) -> None:
 
   matmul = (_matmul_reference(_MATMUL_SIZE.value)
             if _MATMUL_SIZE.value else None)
-  flops = workload.train_flops(models.build_cnn(_SEED))
+  flops = model_flops.train_flops(models.build_cnn(_SEED))
   timed = fed['timed']
   examples = timed['examples_per_round_median']
   round_gflop = flops['train_per_example'] * examples / 1e9
@@ -295,6 +324,12 @@ def main(argv: list[str]) -> None:
       'first_round': fed['first_round'],
       'federated': timed,
       'keras': keras,
+      'ratio_schedule_over_round': (
+          timed['schedule_seconds_median'] / timed['round_seconds_median']),
+      'plan_seconds_by_policy': fed['plan_seconds_by_policy'],
+      'ratio_plan_over_round_by_policy': {
+          name: seconds / timed['round_seconds_median']
+          for name, seconds in fed['plan_seconds_by_policy'].items()},
       'ratio_round_over_keras_fit': (
           round_s / keras['fit_seconds_median'] if keras else None),
       'flops': flops,
@@ -394,6 +429,13 @@ def _print(r: dict[str, Any], cores: int) -> None:
       ('   client_inputs (tf.data build), median',
        s(fed['inputs_seconds_median'])),
       ('   process.next, median', s(fed['next_seconds_median'])),
+      ('   scheduler (sample + plan: clock, policy), median',
+       f"{s(fed['schedule_seconds_median'])} "
+       f"({r['ratio_schedule_over_round']:.2e} of the round)"),
+      *[(f'   sample + plan, --round_policy={name}',
+         f"{s(r['plan_seconds_by_policy'][name])} "
+         f"({ratio:.2e} of the round)")
+        for name, ratio in r['ratio_plan_over_round_by_policy'].items()],
       ('CPU s/round: this process (all threads)', f"{cpu['python']:.2f}"),
       ('CPU s/round: TFF worker', f"{cpu['worker']:.2f}"),
       ('CPU s/round: rest of the machine', f"{cpu['others']:.2f}"),

@@ -1,6 +1,6 @@
 """What the benchmarks run and count, with TensorFlow: federated rounds
-timed through the training loop's own `loop.run_round`, and the analytic
-FLOPs of a Keras model."""
+timed through the training loop's own `loop.run_round` (the analytic FLOPs
+of a Keras model are in `tff_pipeline/models/flops.py`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import tensorflow as tf
-
 from benchmarks import measure
 from benchmarks import report
 from tff_pipeline import algorithms
 from tff_pipeline import config as config_lib
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks
+from tff_pipeline.scheduling import scheduler as scheduler_lib
+from tff_pipeline.scheduling import selecting
 from tff_pipeline.training import loop
 
 
@@ -63,7 +63,10 @@ class RoundRecord:
     num_steps: Local steps (batches) of all the clients, as the round's
       `compute/mean_local_steps` reports them: E * ceil(n_i / B) each
       without simulated heterogeneity.
-    inputs_seconds: Sampling and `loop.client_inputs` (tf.data construction).
+    inputs_seconds: Sampling, planning and `loop.client_inputs` (tf.data
+      construction).
+    schedule_seconds: Sampling and planning alone (the scheduler's share:
+      devices, the simulated clock and the round policy).
     next_seconds: `process.next` (serialization, gRPC, worker compute,
       deserialization) plus reading the new global weights.
     seconds: The whole `loop.run_round`: the above, flattening the metrics
@@ -78,6 +81,7 @@ class RoundRecord:
   num_examples: int
   num_steps: int
   inputs_seconds: float
+  schedule_seconds: float
   next_seconds: float
   seconds: float
   cpu_seconds: dict[str, float]
@@ -100,6 +104,7 @@ class FederatedRounds:
     self.config = config
     self.algorithm = algorithm
     self.state: Any = None
+    self.scheduler: scheduler_lib.Scheduler = selecting.build(task, config)
     self._pids = {'python': os.getpid()}
     if worker_pid is not None:
       self._pids['worker'] = worker_pid
@@ -131,7 +136,7 @@ class FederatedRounds:
     """Runs one round; the new state replaces the old one."""
     with measure.CpuMeter(self._pids) as cpu:
       result = loop.run_round(self.task, self.config, self.algorithm,
-                              self.state, round_num)
+                              self.state, round_num, self.scheduler)
     self.state = result.state
     clients = len(result.client_ids)
     sizes = [self.task.train_data.num_examples(c) for c in result.client_ids]
@@ -140,6 +145,7 @@ class FederatedRounds:
         num_examples=int(sum(sizes)),
         num_steps=round(result.row['compute/mean_local_steps'] * clients),
         inputs_seconds=result.inputs_seconds,
+        schedule_seconds=result.schedule_seconds,
         next_seconds=result.next_seconds, seconds=result.seconds,
         cpu_seconds=dict(cpu.seconds),
         train_loss=result.row.get('client_work/train/loss'))
@@ -157,6 +163,8 @@ def round_summary(records: Sequence[RoundRecord]) -> dict[str, Any]:
       'round_seconds_max': max(seconds),
       'round_seconds_all': seconds,
       'inputs_seconds_median': median([r.inputs_seconds for r in records]),
+      'schedule_seconds_median': median(
+          [r.schedule_seconds for r in records]),
       'next_seconds_median': median([r.next_seconds for r in records]),
       'examples_per_round_median': median([r.num_examples for r in records]),
       'steps_per_round_median': median([r.num_steps for r in records]),
@@ -165,53 +173,3 @@ def round_summary(records: Sequence[RoundRecord]) -> dict[str, Any]:
       'train_loss_by_round': [r.train_loss for r in records],
   }
 
-
-def layer_forward_flops(model: tf.keras.Model) -> list[dict[str, Any]]:
-  """Analytic forward FLOPs per example of each Conv2D and Dense layer.
-
-  Convention: a multiply-add is 2 FLOPs; conv = 2*K*K*Cin*Cout*Hout*Wout,
-  dense = 2*in*out; bias adds (one per output) are listed separately.
-  Activations, pooling, reshapes and the loss are not counted.
-
-  Args:
-    model: A built Keras model.
-
-  Returns:
-    One dict per counted layer: name, kind, macs_flops, bias_flops.
-  """
-  rows = []
-  for layer in model.layers:
-    if isinstance(layer, tf.keras.layers.Conv2D):
-      kh, kw, cin, cout = layer.kernel.shape
-      _, h, w, _ = layer.output_shape
-      macs = 2 * kh * kw * cin * cout * h * w
-      bias = h * w * cout if layer.use_bias else 0
-      kind = f'conv {kh}x{kw} {cin}->{cout} out {h}x{w}'
-    elif isinstance(layer, tf.keras.layers.Dense):
-      fan_in, fan_out = layer.kernel.shape
-      macs = 2 * fan_in * fan_out
-      bias = fan_out if layer.use_bias else 0
-      kind = f'dense {fan_in}->{fan_out}'
-    else:
-      continue
-    rows.append({'name': layer.name, 'kind': kind,
-                 'macs_flops': int(macs), 'bias_flops': int(bias)})
-  return rows
-
-
-def train_flops(model: tf.keras.Model) -> dict[str, Any]:
-  """Forward and forward+backward FLOPs per example of `model`, by layer."""
-  layers = layer_forward_flops(model)
-  forward = sum(l['macs_flops'] for l in layers)
-  bias = sum(l['bias_flops'] for l in layers)
-  return {
-      'convention': ('multiply-add = 2 FLOPs; conv 2*K*K*Cin*Cout*Hout*Wout, '
-                     'dense 2*in*out; backward = 2 x forward, so '
-                     'forward+backward = 3 x forward; activations, pooling, '
-                     'loss and optimizer update not counted'),
-      'layers': layers,
-      'forward_per_example': forward,
-      'forward_per_example_with_bias': forward + bias,
-      'train_per_example': 3 * forward,
-      'train_per_example_with_bias': 3 * (forward + bias),
-  }

@@ -59,6 +59,13 @@ TRAINING_BLOCKS: tuple[tuple[str, tuple[str | type, ...]], ...] = (
          'dp_delta', 'secure_aggregation', 'compression',
          'compression_bits', config_lib.AggregationConfig)),
     ('Faulty clients', ('faulty_client_fraction', 'faulty_mode')),
+    ('Simulated time: devices, round policies, deadlines',
+     (config_lib.SchedulingConfig,)),
+    ('Client selection and feedback to lagging clients', (
+        'client_selection', 'poc_candidates', 'selection_loss_examples',
+        'oort_alpha', 'oort_preferred_seconds', 'oort_exploration',
+        'oort_exploration_decay', 'oort_exploration_min', 'oort_cutoff',
+        'feedback', 'feedback_power', 'feedback_max_factor')),
 )
 """The shared flags, in blocks: (title, entries). An entry is a flag name,
 or a config dataclass standing for those of its settings that no block names

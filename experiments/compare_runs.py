@@ -2,10 +2,13 @@
 
   python -m experiments.compare_runs \
       --results_dirs=runs/results/a,runs/results/b \
-      --metric=eval/distance_to_optimum --output=compare.png --logy
+      --metric=eval/distance_to_optimum --output=compare.png --logy \
+      [--simulated_time]
 
 Reads each run's experiment.metrics.csv; the legend uses the run names (the
-last part of each directory) unless --labels is given.
+last part of each directory) unless --labels is given. With
+--simulated_time the x axis is the simulated clock (time/elapsed_seconds)
+instead of the round.
 """
 
 import os
@@ -26,6 +29,9 @@ flags.DEFINE_string('metric', 'eval/accuracy', 'CSV column to plot.')
 flags.DEFINE_string('output', 'compare.png', 'PNG file to write.')
 flags.DEFINE_string('title', '', 'Plot title (default: the metric).')
 flags.DEFINE_bool('logy', False, 'Logarithmic y axis.')
+flags.DEFINE_bool('simulated_time', False,
+                  'x axis: the simulated clock (time/elapsed_seconds, '
+                  'docs/simulated_time.md) instead of the round.')
 
 
 def main(argv):
@@ -45,7 +51,13 @@ def main(argv):
       raise errors.DataError(f'--results_dirs: no metrics CSV at {path}')
     histories[label] = outputs.read_metrics_csv(path, up_to_round=10**9)
   if not plots.plot_runs(FLAGS.output, histories, FLAGS.metric,
-                         title=FLAGS.title or FLAGS.metric, logy=FLAGS.logy):
+                         title=FLAGS.title or FLAGS.metric, logy=FLAGS.logy,
+                         simulated_time=FLAGS.simulated_time):
+    if FLAGS.simulated_time:
+      raise errors.UsageError(
+          f'--metric={FLAGS.metric} with --simulated_time: no run has both '
+          'it and time/elapsed_seconds (runs from before simulated time '
+          'lack the clock)')
     raise errors.UsageError(f'--metric={FLAGS.metric} is in none of the runs')
   print(f'wrote {FLAGS.output}')
 

@@ -18,9 +18,9 @@ import pytest
 
 from benchmarks import measure
 from benchmarks import perf_profile
-from benchmarks import workload
 from tests import helpers
 from tff_pipeline import models
+from tff_pipeline.models import flops
 
 
 def test_cnn_forward_flops_match_the_hand_count():
@@ -30,7 +30,7 @@ def test_cnn_forward_flops_match_the_hand_count():
               2 * 5 * 5 * 32 * 64 * 14 * 14,
               2 * 3136 * 512,
               2 * 512 * 10]
-  rows = workload.layer_forward_flops(models.build_cnn(0))
+  rows = flops.layer_forward_flops(models.build_cnn(0))
   assert [r['macs_flops'] for r in rows] == expected
   assert [r['bias_flops'] for r in rows] == [28 * 28 * 32, 14 * 14 * 64,
                                              512, 10]
@@ -39,7 +39,7 @@ def test_cnn_forward_flops_match_the_hand_count():
 
 
 def test_2nn_forward_flops_match_the_hand_count():
-  rows = workload.layer_forward_flops(models.build_2nn(0))
+  rows = flops.layer_forward_flops(models.build_2nn(0))
   assert [r['macs_flops'] for r in rows] == [2 * 784 * 200, 2 * 200 * 200,
                                              2 * 200 * 10]
 

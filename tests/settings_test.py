@@ -24,7 +24,13 @@ TRAINING_FLAGS = [
     'zeroing', 'dp_noise_multiplier', 'dp_clip_norm', 'dp_adaptive_clipping',
     'dp_delta', 'secure_aggregation', 'compression', 'compression_bits',
     'zeroing_quantile', 'proximal_strength', 'faulty_client_fraction',
-    'faulty_mode']
+    'faulty_mode', 'round_policy', 'deadline_seconds', 'deadline_quantile',
+    'oversample_factor', 'device_profile', 'device_file', 'device_gflops',
+    'up_bandwidth_mbps', 'down_bandwidth_mbps', 'device_lognormal_sigma',
+    'target_accuracy', 'client_selection', 'poc_candidates',
+    'selection_loss_examples', 'oort_alpha', 'oort_preferred_seconds',
+    'oort_exploration', 'oort_exploration_decay', 'oort_exploration_min',
+    'oort_cutoff', 'feedback', 'feedback_power', 'feedback_max_factor']
 
 BASE = config_lib.TrainingConfig(experiment_name='x', root_output_dir='/tmp/x')
 
@@ -37,7 +43,9 @@ def test_every_training_setting_has_its_flag_in_field_order():
 @pytest.mark.parametrize('config_type', [
     config_lib.TrainingConfig, config_lib.OptimizerConfig,
     config_lib.AggregationConfig, config_lib.RunOptions,
-    heterogeneity.ComputeHeterogeneity, faults.FaultInjection])
+    heterogeneity.ComputeHeterogeneity, faults.FaultInjection,
+    config_lib.SchedulingConfig, config_lib.SelectionConfig,
+    config_lib.FeedbackConfig])
 def test_every_field_is_a_setting_a_block_or_internal(config_type):
   for field in dataclasses.fields(config_type):
     declared = (settings.setting_of(field) is not None
@@ -133,7 +141,7 @@ def test_hparams_of_a_python_run_keep_their_first_shape():
       'client_epsilon', 'server_optimizer', 'server_learning_rate',
       'server_momentum', 'server_epsilon', 'algorithm', 'aggregator',
       'rounds_per_eval', 'rounds_per_checkpoint', 'seed', 'heterogeneity',
-      'aggregation', 'proximal_strength', 'faults']
+      'aggregation', 'proximal_strength', 'faults', 'scheduling']
   assert hparams['client_optimizer'] == 'sgd'
   assert hparams['client_momentum'] == 0.5
   assert hparams['server_learning_rate'] == 1.0

@@ -11,6 +11,7 @@ google-research/federated (`client_epochs_per_round`, `server_optimizer`...).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -134,6 +135,148 @@ class AggregationConfig:
     settings.check_fields(self)
 
 
+def _zero_or(low_open: float, high: float) -> Check:
+  """0 (off), or a value in (low_open, high]."""
+  return Check(
+      lambda v: settings.finite(v) and (v == 0 or low_open < v <= high),
+      f'must be in ({low_open:g}, {high:g}] (0 turns it off)')
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+  """Which clients train in a round (docs/selection.md). The defaults are
+  today's uniform sampling; `scheduling/selection.py` implements them."""
+
+  client_selection: str = setting(
+      'uniform', choices='tff_pipeline.scheduling.selection:SELECTORS',
+      help='How each round\'s clients are chosen: {choices}')
+  poc_candidates: int = setting(
+      0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='power_of_choice: d, the candidates sampled in proportion to '
+      'their data, of which the clients_per_round with the highest loss '
+      'train; at least --clients_per_round; 0 means twice it.')
+  selection_loss_examples: int = setting(
+      64, checks=[settings.at_least(0, 'must be >= 0 (0: all)')],
+      help='Evaluate the global model\'s loss of a client (power_of_choice, '
+      'oort, --feedback) on at most this many of its examples, drawn from '
+      '(seed, round, client); 0: all of them (on the paper CNN, all cost '
+      '27% of a round for oort, 64 cost 4%: docs/selection.md).')
+  oort_alpha: float = setting(
+      2.0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='oort: alpha of the system factor (T / t_i)^alpha that lowers '
+      'the utility of clients slower than the preferred round time T.')
+  oort_preferred_seconds: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='oort: T, the preferred round duration in simulated seconds; 0 '
+      'means the median of the devices\' full-work times.')
+  oort_exploration: float = setting(
+      0.9, checks=[settings.fraction()],
+      help='oort: initial share eps_0 of the round\'s clients explored '
+      'among never-seen clients; eps = max(eps_0 * decay^round, min).')
+  oort_exploration_decay: float = setting(
+      0.98, checks=[settings.fraction()],
+      help='oort: factor applied to the exploration share each round.')
+  oort_exploration_min: float = setting(
+      0.2, checks=[settings.fraction()],
+      help='oort: the exploration share never falls below this.')
+  oort_cutoff: float = setting(
+      0.95, checks=[settings.fraction()],
+      help='oort: clients whose utility is at least this times the '
+      'exploited quota\'s lowest are sampled in proportion to utility.')
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    settings.check_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackConfig:
+  """Whether and how much lagging clients get more local work
+  (`scheduling/feedback.py`, docs/selection.md)."""
+
+  feedback: bool = setting(
+      False,
+      help='Give each round\'s clients whose loss of the global model L_i '
+      '(measured before the round) lags the population\'s Lbar up to '
+      '--feedback_max_factor times their local steps, (L_i / '
+      'Lbar)^--feedback_power, within what their device can run by the '
+      'deadline (docs/selection.md).')
+  feedback_power: float = setting(
+      1.0, checks=[settings.at_least(0, 'must be >= 0')],
+      help='feedback: beta of the work factor (L_i / Lbar)^beta.')
+  feedback_max_factor: float = setting(
+      2.0, checks=[settings.at_least(1, 'must be >= 1')],
+      help='feedback: the most a lagging client\'s local steps are '
+      'multiplied by.')
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    settings.check_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulingConfig:
+  """Simulated time: devices, the round policy and its deadline, the target.
+
+  See docs/simulated_time.md. The defaults keep every earlier result: the
+  `budgets` policy runs today's local-step budgets and the clock only
+  measures.
+  """
+
+  round_policy: str = setting(
+      'budgets', choices='tff_pipeline.scheduling.policies:ROUND_POLICIES',
+      help='How a round treats slow clients: {choices}')
+  deadline_seconds: float = setting(
+      0.0, checks=[settings.at_least(0, 'must be > 0 (0: no fixed deadline)')],
+      help='deadline_* policies: the round\'s deadline in simulated '
+      'seconds (or give --deadline_quantile).')
+  deadline_quantile: float = setting(
+      0.0, checks=[_zero_or(0, 1)],
+      help='deadline_* policies: the deadline is this quantile of the '
+      'sampled clients\' full-work times, in (0, 1] (or give '
+      '--deadline_seconds).')
+  oversample_factor: float = setting(
+      1.3, checks=[settings.at_least(1, 'must be >= 1')],
+      help='deadline_drop: sample ceil(factor * --clients_per_round) '
+      'clients and keep the first --clients_per_round to finish (1.3 as in '
+      'FedScale and Oort).')
+  device_profile: str = setting(
+      'capacity', choices='tff_pipeline.scheduling.devices:DEVICE_PROFILES',
+      help='Per-client devices (speed, bandwidth): {choices}')
+  device_file: str = setting(
+      '', help='device_profile=file: CSV (header client,gflops,up_mbps,'
+      'down_mbps) or JSON list of such objects, one per client.')
+  device_gflops: float = setting(
+      1.0, checks=[settings.POSITIVE_FINITE],
+      help='Training speed of a full-capacity device, GFLOP/s (FLOPs '
+      'counted as in tff_pipeline/models/flops.py).')
+  up_bandwidth_mbps: float = setting(
+      5.0, checks=[settings.POSITIVE_FINITE],
+      help='Client upload bandwidth, Mbit/s.')
+  down_bandwidth_mbps: float = setting(
+      20.0, checks=[settings.POSITIVE_FINITE],
+      help='Client download bandwidth, Mbit/s.')
+  device_lognormal_sigma: float = setting(
+      0.5, checks=[settings.at_least(0, 'must be >= 0')],
+      help='lognormal device profile: sigma of the log of each factor.')
+  target_accuracy: float = setting(
+      0.0, checks=[_zero_or(0, 1)],
+      help='Report the rounds and simulated seconds until the evaluation '
+      'accuracy first reaches this value, in (0, 1]; 0 turns it off.')
+  selection: SelectionConfig = settings.nested(SelectionConfig())
+  feedback: FeedbackConfig = settings.nested(FeedbackConfig())
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    settings.check_fields(self)
+
+
 def _is_experiment_name(name: Any) -> bool:
   return (isinstance(name, str)
           and bool(re.fullmatch(r'[A-Za-z0-9._-]+', name))
@@ -201,6 +344,7 @@ class TrainingConfig:
       help='fedprox: mu of the proximal term (mu/2)||w - w_global||^2.')
   faults: faults_lib.FaultInjection = settings.nested(
       faults_lib.FaultInjection())
+  scheduling: SchedulingConfig = settings.nested(SchedulingConfig())
 
   def __post_init__(self):
     self.validate()
@@ -305,3 +449,59 @@ def check_combinations(config: TrainingConfig) -> None:
       raise errors.UsageError(
           f'--faulty_mode={config.faults.mode} corrupts updates, which '
           '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
+  _check_scheduling(config)
+  _check_selection(config)
+
+
+DEADLINE_POLICIES = ('deadline_drop', 'deadline_partial')
+"""Round policies that need --deadline_seconds or --deadline_quantile (those
+of `scheduling.policies.ROUND_POLICIES` declared `uses_deadline`)."""
+
+
+def _check_scheduling(config: TrainingConfig) -> None:
+  """The rules of the simulated-time settings (docs/simulated_time.md)."""
+  s = config.scheduling
+  policy = f'--round_policy={s.round_policy}'
+  if s.round_policy in DEADLINE_POLICIES:
+    if s.deadline_seconds > 0 and s.deadline_quantile > 0:
+      raise errors.UsageError(
+          f'{policy}: give --deadline_seconds or --deadline_quantile, not '
+          'both')
+    if not s.deadline_seconds > 0 and not s.deadline_quantile > 0:
+      raise errors.UsageError(
+          f'--deadline_seconds={s.deadline_seconds} must be > 0 with '
+          f'{policy} (or give --deadline_quantile in (0, 1])')
+  elif s.deadline_seconds > 0 or s.deadline_quantile > 0:
+    raise errors.UsageError(
+        f'--deadline_seconds/--deadline_quantile apply to the deadline_* '
+        f'round policies, not {policy}')
+  if (config.heterogeneity.straggler_fraction > 0
+      and s.round_policy != 'budgets'):
+    raise errors.UsageError(
+        f'--straggler_fraction draws local-step budgets, which only '
+        f'--round_policy=budgets runs, not {policy}; use --device_profile '
+        'for slow devices')
+  if (s.device_profile == 'file') != bool(s.device_file):
+    raise errors.UsageError(
+        f'--device_file={s.device_file!r} and --device_profile='
+        f'{s.device_profile} go together: give both or neither')
+
+
+def _check_selection(config: TrainingConfig) -> None:
+  """The rules of client selection and feedback (docs/selection.md)."""
+  s = config.scheduling
+  d = s.selection.poc_candidates
+  size = config.clients_per_round
+  if s.round_policy == 'deadline_drop':
+    # As `scheduling.policies.RoundPolicy.sample_size` over-samples.
+    size = math.ceil(round(s.oversample_factor * size, 9))
+  if s.selection.client_selection == 'power_of_choice' and 0 < d < size:
+    raise errors.UsageError(
+        f'--poc_candidates={d} must be at least the {size} clients a round '
+        f'samples (--clients_per_round={config.clients_per_round}'
+        + (f', --oversample_factor={s.oversample_factor}'
+           if s.round_policy == 'deadline_drop' else '') + ')')
+  if s.feedback.feedback and config.algorithm == 'fedsgd':
+    raise errors.UsageError(
+        '--feedback gives lagging clients more local steps, but '
+        '--algorithm=fedsgd runs none; use fedavg or fedprox')

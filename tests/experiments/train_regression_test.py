@@ -98,3 +98,26 @@ def test_compare_runs_plots_several_runs(tmp_path):
   assert missing.returncode == 2
   assert 'error: --metric=eval/nothing is in none of the runs' in (
       missing.stderr)
+
+
+def test_compare_runs_on_simulated_time(tmp_path):
+  directory = tmp_path / 'a'
+  directory.mkdir()
+  with open(directory / 'experiment.metrics.csv', 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['round_num', 'eval/loss', 'time/elapsed_seconds'])
+    writer.writerows([[1, 1.0, 7.5], [2, 0.5, 20.0]])
+  output = tmp_path / 'plot.png'
+  done = helpers.run_binary_in_process(
+      'experiments.compare_runs', f'--results_dirs={directory}',
+      '--metric=eval/loss', f'--output={output}', '--simulated_time')
+  assert done.returncode == 0, done.stderr
+  assert output.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  (tmp_path / 'old').mkdir()
+  with open(tmp_path / 'old' / 'experiment.metrics.csv', 'w') as f:
+    f.write('round_num,eval/loss\n1,1.0\n')
+  old = helpers.run_binary_in_process(
+      'experiments.compare_runs', f'--results_dirs={tmp_path / "old"}',
+      '--metric=eval/loss', f'--output={output}', '--simulated_time')
+  assert old.returncode == 2
+  assert 'time/elapsed_seconds' in old.stderr

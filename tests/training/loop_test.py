@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow_federated as tff
 
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
@@ -75,8 +76,12 @@ def test_run_round_is_the_process_call_it_wraps(task, algorithm, tmp_path,
   state = algorithm.process.initialize()
   result = loop.run_round(task, config, algorithm, state, round_num=2)
 
-  sampled = loop.client_sampler(task, config)(2, 3)
-  inputs, stats = loop.client_inputs(task, config, algorithm, 2, sampled)
+  sampled = list(tff.simulation.build_uniform_sampling_fn(
+      task.train_data.client_ids, replace=False, random_seed=config.seed)(
+          2, 3))
+  full_steps = [2 * task.steps_per_epoch(c, 4) for c in sampled]
+  inputs, stats = loop.client_inputs(task, config, algorithm, 2, sampled,
+                                     full_steps)
   output = algorithm.process.next(state, inputs)
   expected = list(output.state.global_model_weights.trainable)
 
@@ -87,7 +92,8 @@ def test_run_round_is_the_process_call_it_wraps(task, algorithm, tmp_path,
     np.testing.assert_array_equal(got, want)
   for got, want in zip(result.state.global_model_weights.trainable, expected):
     np.testing.assert_array_equal(got, want)
-  assert result.row == {**loop.flatten_metrics(output.metrics), **stats}
+  assert result.row == {**loop.flatten_metrics(output.metrics), **stats,
+                        **result.scheduled.stats()}
   # Every client's budget is its full E epochs of ceil(n_i / B) batches.
   assert result.row['compute/mean_local_steps'] == pytest.approx(np.mean(
       [2 * task.steps_per_epoch(c, 4) for c in sampled]))

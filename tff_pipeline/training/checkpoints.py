@@ -5,7 +5,8 @@ The program state of a round holds everything that affects later rounds: the
 learning process state (model, optimizer and aggregator state) and the round
 number. Client sampling, shuffling and every other random choice is a pure
 function of (seed, round), so it needs no saved state of its own. Other
-state that a later round depends on goes next to them as `extra` entries
+state that a later round depends on (the simulated clock of
+`scheduling/scheduler.py`) goes next to them as `extra` entries
 (`save(state, round_num, extra={'name': value})`, restored by
 `restore(structure, extra_structure={'name': template})`): any nest of
 arrays and scalars.

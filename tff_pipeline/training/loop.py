@@ -2,10 +2,12 @@
 
 Every binary and the notebooks call `run_federated`. Each round:
 
-1. Sample `clients_per_round` clients uniformly without replacement with
-   `tff.simulation.build_uniform_sampling_fn`, a pure function of
-   (seed, round), so a resumed run samples the same clients.
-2. Build each sampled client's dataset, shuffled with a seed derived from
+1. Ask the run's `scheduling.scheduler.Scheduler` for the round's clients
+   (uniformly without replacement, a pure function of (seed, round), so a
+   resumed run samples the same clients) and for its plan: each client's
+   local steps, who the round policy drops, and the round's simulated
+   duration (docs/simulated_time.md).
+2. Build each kept client's dataset, shuffled with a seed derived from
    (seed, round, client).
 3. Run the learning process's `next`; stop with a clear error if the new
    global model is not finite (the last good checkpoint stays intact).
@@ -13,9 +15,10 @@ Every binary and the notebooks call `run_federated`. Each round:
    the benchmarks time the same function.
 4. Every `rounds_per_eval` rounds (and at the end), evaluate the global
    model centrally.
-5. Release the round's metrics to the CSV and TensorBoard managers of
-   `tff.program`; save program state every `rounds_per_checkpoint` rounds (and
-   at the end); rewrite `summary.json` atomically.
+5. Advance the simulated clock; release the round's metrics to the CSV and
+   TensorBoard managers of `tff.program`; save program state (the process's
+   and the clock's) every `rounds_per_checkpoint` rounds (and at the end);
+   rewrite `summary.json` atomically.
 
 Rerunning the same command resumes from the latest checkpoint. The CSV
 manager drops rows at or after the resumed round, so no row is duplicated.
@@ -34,7 +37,6 @@ import tensorflow_federated as tff
 import tqdm
 
 from tff_pipeline import aggregators
-from tff_pipeline.aggregators import communication
 from tff_pipeline import algorithms
 from tff_pipeline import config as config_lib
 from tff_pipeline import errors
@@ -43,6 +45,8 @@ from tff_pipeline import privacy
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
 from tff_pipeline.runtime import lifecycle
+from tff_pipeline.scheduling import scheduler as scheduler_lib
+from tff_pipeline.scheduling import selecting
 from tff_pipeline.training import checkpoints as checkpoints_lib
 from tff_pipeline.training import memory
 from tff_pipeline.training import outputs as outputs_lib
@@ -51,6 +55,8 @@ from tff_pipeline.training import recorder as recorder_lib
 
 # Separates the shuffling stream from the other streams derived from --seed.
 _SHUFFLE_STREAM = 0x5348_5546
+# The `extra` checkpoint entry holding the simulated clock.
+_SCHEDULER = 'scheduler'
 
 
 @dataclasses.dataclass
@@ -91,14 +97,6 @@ def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
   ).generate_state(1)[0])
 
 
-def client_sampler(task: tasks_lib.Task, config: config_lib.TrainingConfig
-                   ) -> Callable[[int, int], Sequence[str]]:
-  """`sample(round_num, size)`: the round's clients, uniform without
-  replacement, a pure function of (`config.seed`, round)."""
-  return tff.simulation.build_uniform_sampling_fn(
-      task.train_data.client_ids, replace=False, random_seed=config.seed)
-
-
 def build_algorithm(
     task: tasks_lib.Task, config: config_lib.TrainingConfig
 ) -> algorithms.Algorithm:
@@ -114,23 +112,20 @@ def client_inputs(
     algorithm: algorithms.Algorithm,
     round_num: int,
     client_ids: Sequence[str],
+    steps: Sequence[int],
 ) -> tuple[list[Any], dict[str, float]]:
-  """The sampled clients' data for one round, and compute statistics.
+  """The training clients' data for one round, and compute statistics.
 
   Each client gets one epoch of its data shuffled with a seed derived from
-  (seed, round, client), and a budget of local steps: E full epochs, or less
-  when `config.heterogeneity` makes it a straggler or gives it a low capacity.
+  (seed, round, client), and its budget of local steps from the round's plan
+  (`scheduler.ScheduledRound.steps`): E full epochs, or less when the round
+  policy or `config.heterogeneity` says so.
   """
-  inputs, budgets, stragglers = [], [], 0
+  inputs = []
   fault_codes = config.faults.fault_codes(config.seed, round_num,
                                           len(client_ids))
-  for cid, fault in zip(client_ids, fault_codes):
+  for cid, fault, budget in zip(client_ids, fault_codes, steps):
     index = task.train_data.client_index(cid)
-    steps_per_epoch = task.steps_per_epoch(cid, config.client_batch_size)
-    budget, straggler = config.heterogeneity.local_steps(
-        config.seed, round_num, index, steps_per_epoch,
-        config.client_epochs_per_round,
-        num_clients=len(task.train_data.client_ids))
     epoch = task.client_epoch(
         cid, batch_size=config.client_batch_size,
         shuffle_seed=shuffle_seed(config.seed, round_num, index))
@@ -138,13 +133,10 @@ def client_inputs(
     if fault == faults_lib.ZERO_EXAMPLES:
       epoch, num_examples = epoch.take(0), 0
     inputs.append(algorithm.client_input(epoch, budget, num_examples, fault))
-    budgets.append(budget)
-    stragglers += straggler
   stats = {
-      'compute/mean_local_steps': float(np.mean(budgets)),
-      'compute/min_local_steps': float(np.min(budgets)),
-      'compute/max_local_steps': float(np.max(budgets)),
-      'compute/num_stragglers': float(stragglers),
+      'compute/mean_local_steps': float(np.mean(steps)),
+      'compute/min_local_steps': float(np.min(steps)),
+      'compute/max_local_steps': float(np.max(steps)),
   }
   if config.faults.enabled:
     stats['faults/num_faulty'] = float(faults_lib.count_faulty(fault_codes))
@@ -160,25 +152,30 @@ class RoundResult:
   """One round, as `run_round` ran it.
 
   Attributes:
-    client_ids: The sampled clients, in sampling order.
+    client_ids: The clients that trained, in sampling order.
+    scheduled: The round's plan (candidates, steps, simulated seconds).
     state: The learning process's state after the round.
     weights: Trainable weights of the new global model (Keras order).
     row: The process's metrics, flattened (`flatten_metrics`), then the
-      clients' compute statistics (`client_inputs`).
+      clients' compute statistics (`client_inputs`) and the round's
+      simulated time (`scheduler.ScheduledRound.stats`).
     finite: Whether the new global model is finite and the finalizer applied
       the update (TFF's finalizer refuses a non-finite aggregate and keeps
       the old model; either way the round failed).
-    inputs_seconds: Sampling and building the client datasets.
+    inputs_seconds: Sampling, planning and building the client datasets.
+    schedule_seconds: Sampling and planning (the scheduler's share).
     next_seconds: `process.next` and reading the new global weights.
     seconds: The whole round, from sampling to the finiteness check.
   """
 
   client_ids: list[str]
+  scheduled: scheduler_lib.ScheduledRound
   state: Any
   weights: list[np.ndarray]
   row: dict[str, float]
   finite: bool
   inputs_seconds: float
+  schedule_seconds: float
   next_seconds: float
   seconds: float
 
@@ -189,12 +186,14 @@ def run_round(
     algorithm: algorithms.Algorithm,
     state: Any,
     round_num: int,
+    scheduler: scheduler_lib.Scheduler | None = None,
 ) -> RoundResult:
   """Runs round `round_num` of training from `state`.
 
-  Samples `config.clients_per_round` clients (`client_sampler`), builds
-  their data (`client_inputs`), runs `algorithm.process.next` and reads the
-  new global model. `run_federated` runs every round with this function, and
+  Asks `scheduler` for the round's clients and plan (`Scheduler.sample`,
+  `Scheduler.plan`), builds the kept clients' data (`client_inputs`), runs
+  `algorithm.process.next` and reads the new global model. The scheduler's
+  clock is not advanced here (`Scheduler.finish_round`). `run_federated` runs every round with this function, and
   the benchmarks time it, so they time what training runs.
 
   Args:
@@ -203,15 +202,22 @@ def run_round(
     algorithm: The learning process for `task` and `config`.
     state: The process's state before the round.
     round_num: 1-based; sampling and shuffling depend on it.
+    scheduler: The run's scheduler; one is built for `task` and `config`
+      when None (runs and benchmarks build it once).
 
   Returns:
     A `RoundResult`; the caller decides what a non-finite round means.
   """
+  if scheduler is None:
+    scheduler = selecting.build(task, config)
   start = time.perf_counter()
-  client_ids = list(client_sampler(task, config)(round_num,
-                                                 config.clients_per_round))
+  scheduled = scheduler.plan(round_num, scheduler.sample(
+      round_num, config.clients_per_round,
+      list(state.global_model_weights.trainable)))
+  planned = time.perf_counter()
+  client_ids = scheduled.client_ids
   inputs, compute_stats = client_inputs(task, config, algorithm, round_num,
-                                        client_ids)
+                                        client_ids, scheduled.steps)
   built = time.perf_counter()
   output = algorithm.process.next(state, inputs)
   weights = list(output.state.global_model_weights.trainable)
@@ -220,10 +226,12 @@ def run_round(
   finite = (_is_finite(weights)
             and not row.get('finalizer/update_non_finite', 0) > 0)
   row.update(compute_stats)
+  row.update(scheduled.stats())
   return RoundResult(
-      client_ids=client_ids, state=output.state, weights=weights, row=row,
-      finite=finite, inputs_seconds=built - start,
-      next_seconds=fetched - built, seconds=time.perf_counter() - start)
+      client_ids=client_ids, scheduled=scheduled, state=output.state,
+      weights=weights, row=row, finite=finite, inputs_seconds=built - start,
+      schedule_seconds=planned - start, next_seconds=fetched - built,
+      seconds=time.perf_counter() - start)
 
 
 def prepare_outputs(
@@ -280,6 +288,9 @@ def run_federated(
       unusable checkpoints, a non-finite model or an interruption.
   """
   config.check_num_clients(len(task.train_data.client_ids))
+  # Built first: it reads --device_file and resolves the policy, so bad
+  # simulated-time input fails before a worker starts.
+  scheduler = selecting.build(task, config)
   hparams = dict(hparams) if hparams is not None else config.hparams()
   paths = prepare_outputs(config)
   checkpoints = checkpoints_lib.CheckpointManager(paths.checkpoint_dir)
@@ -294,8 +305,8 @@ def run_federated(
           connect_timeout=worker_connect_timeout, tls=worker_tls)
     try:
       with runtime.installed():
-        return _train(task, config, paths, checkpoints, algorithm, progress,
-                      on_round_end,
+        return _train(task, config, paths, checkpoints, algorithm, scheduler,
+                      progress, on_round_end,
                       memory.probe(lambda: runtime.local_worker_pids))
     finally:
       if own_runtime:
@@ -308,6 +319,7 @@ def _train(
     paths: outputs_lib.OutputPaths,
     checkpoints: checkpoints_lib.CheckpointManager,
     algorithm: algorithms.Algorithm | None,
+    scheduler: scheduler_lib.Scheduler,
     progress: bool,
     on_round_end: Callable[[int, dict[str, float]], None] | None,
     memory_probe: Callable[[], dict[str, float]],
@@ -316,17 +328,18 @@ def _train(
   if algorithm is None:
     algorithm = build_algorithm(task, config)
   initial_state = algorithm.process.initialize()
-  state, start_round = checkpoints.load_latest(initial_state)
+  restored = checkpoints.restore(
+      initial_state, extra_structure={_SCHEDULER: scheduler.state()})
+  state, start_round = restored.process_state, restored.round_num
   if state is None:
     state = initial_state
+  else:
+    scheduler.restore(restored.extra[_SCHEDULER])
   recorder = recorder_lib.Recorder(paths, start_round)
   setup_seconds = time.perf_counter() - setup_start
 
   weights = list(state.global_model_weights.trainable)
-  per_client = communication.payload(
-      [w.size for w in weights],
-      [np.size(w) for w in state.global_model_weights.non_trainable],
-      config, aggregators.COMPRESSION_THRESHOLD)
+  per_client = scheduler.payload
   privacy_facts, epsilons = _privacy_accounting(
       config, len(task.train_data.client_ids))
   run_facts = {
@@ -343,6 +356,9 @@ def _train(
       'tensorflow_federated_version': tff.__version__,
       'python_version': sys.version.split()[0],
       'results_dir': paths.results_dir,
+      'round_policy': config.scheduling.round_policy,
+      'device_profile': config.scheduling.device_profile,
+      'train_flops_per_example': scheduler.flops_per_example,
       'bytes_broadcast_per_client': per_client.broadcast_bytes,
       'bytes_uploaded_per_client': per_client.upload_bytes,
       'upload_bits_per_value': per_client.upload_bits_per_value,
@@ -358,6 +374,9 @@ def _train(
         'round_seconds': [row.get('round_seconds') for row in history],
         **recorder_lib.eval_history(history),
         **task.summary_extras(weights),
+        **recorder_lib.simulated_time_summary(
+            history, scheduler.elapsed_seconds,
+            config.scheduling.target_accuracy),
     }
     if history:
       summary['final_metrics'] = dict(history[-1])
@@ -376,12 +395,16 @@ def _train(
   try:
     for round_num in range(start_round + 1, config.total_rounds + 1):
       round_start = time.perf_counter()
-      result = run_round(task, config, algorithm, state, round_num)
+      result = run_round(task, config, algorithm, state, round_num,
+                         scheduler)
       if not result.finite:
         raise _non_finite_error(round_num, last_saved)
       state, weights, row = result.state, result.weights, result.row
+      row.update(scheduler.finish_round(round_num, result.scheduled, row,
+                                        weights))
+      # Every candidate receives the model; only the kept ones upload.
       row['communication/bytes_broadcast'] = float(
-          per_client.broadcast_bytes * len(result.client_ids))
+          per_client.broadcast_bytes * len(result.scheduled.candidates))
       row['communication/bytes_uploaded'] = float(
           per_client.upload_bytes * len(result.client_ids))
       if epsilons:
@@ -395,7 +418,7 @@ def _train(
       recorder.release(round_num, row)
       if (round_num % config.rounds_per_checkpoint == 0
           or round_num == config.total_rounds):
-        checkpoints.save(state, round_num)
+        checkpoints.save(state, round_num, {_SCHEDULER: scheduler.state()})
         last_saved = round_num
       write_summary('running', round_num)
       if on_round_end is not None:
@@ -411,7 +434,8 @@ def _train(
   except errors.Interrupted as e:
     status = 'interrupted'
     if recorder.last_round > last_saved:
-      checkpoints.save(state, recorder.last_round)
+      checkpoints.save(state, recorder.last_round,
+                       {_SCHEDULER: scheduler.state()})
       last_saved = recorder.last_round
     raise errors.Interrupted(
         f'{e}; rounds 1..{recorder.last_round} are saved (checkpoint round '

@@ -18,6 +18,9 @@ from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
 from tff_pipeline.training import outputs
 
+SIMULATED_SECONDS = 'time/elapsed_seconds'
+SIMULATED_TIME_LABEL = 'simulated seconds'
+
 
 def plot_series(
     path: str,
@@ -26,8 +29,12 @@ def plot_series(
     title: str,
     ylabel: str,
     logy: bool = False,
+    xlabel: str = 'round',
 ) -> bool:
-  """Plots named (round, value) series on one axis; returns False if empty."""
+  """Plots named (x, value) series on one axis; returns False if empty.
+
+  x is the round unless `xlabel` says otherwise (e.g. simulated seconds).
+  """
   drawable = {
       name: [(r, v) for r, v in points if v is not None and math.isfinite(v)]
       for name, points in series.items()
@@ -42,8 +49,9 @@ def plot_series(
             markersize=3, label=name)
   if logy and all(v > 0 for pts in drawable.values() for _, v in pts):
     ax.set_yscale('log')
-  ax.set_xlabel('round')
-  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_xlabel(xlabel)
+  if xlabel == 'round':
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
@@ -64,7 +72,9 @@ def plot_history(
   """Writes loss and metric plots from per-round rows; returns the paths.
 
   One PNG per evaluation metric (`eval/<name>`), each with the matching
-  training metric from the clients when there is one.
+  training metric from the clients when there is one, and
+  `accuracy_vs_simulated_time.png`: the evaluation accuracy against the
+  simulated clock (`time/elapsed_seconds`, docs/simulated_time.md).
   """
   written = []
   eval_names = sorted({
@@ -100,6 +110,14 @@ def plot_history(
     if plot_series(path, series, title=f'{experiment_name}: {name}',
                    ylabel=name, logy=name in ('loss', 'distance_to_optimum')):
       written.append(path)
+  if 'accuracy' in eval_names:
+    path = results_dir_path('accuracy_vs_simulated_time.png')
+    if plot_series(path, {'global model, evaluation data': [
+        (row[SIMULATED_SECONDS], row['eval/accuracy']) for row in history
+        if 'eval/accuracy' in row and SIMULATED_SECONDS in row]},
+                   title=f'{experiment_name}: accuracy in simulated time',
+                   ylabel='accuracy', xlabel=SIMULATED_TIME_LABEL):
+      written.append(path)
   return written
 
 
@@ -110,6 +128,7 @@ def plot_runs(
     *,
     title: str,
     logy: bool = False,
+    simulated_time: bool = False,
 ) -> bool:
   """One metric of several runs against rounds, one line per run.
 
@@ -119,13 +138,18 @@ def plot_runs(
     metric: Column to plot, e.g. 'eval/client_accuracy_p10'.
     title: Plot title.
     logy: Logarithmic y axis.
+    simulated_time: Put the simulated clock (`time/elapsed_seconds`) on the
+      x axis instead of the round.
 
   Returns:
     False if no run has the metric.
   """
+  x = SIMULATED_SECONDS if simulated_time else 'round_num'
   series = {
-      label: [(row['round_num'], row[metric]) for row in rows if metric in row]
+      label: [(row[x], row[metric]) for row in rows
+              if metric in row and x in row]
       for label, rows in histories.items()
   }
-  return plot_series(path, series, title=title, ylabel=metric.split('/')[-1],
-                     logy=logy)
+  return plot_series(
+      path, series, title=title, ylabel=metric.split('/')[-1], logy=logy,
+      xlabel=SIMULATED_TIME_LABEL if simulated_time else 'round')

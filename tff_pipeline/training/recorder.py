@@ -7,6 +7,7 @@ Rows are released with the `tff.program` managers, `CSVFileReleaseManager`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,3 +71,26 @@ def eval_history(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
         by_round[str(int(row['round_num']))] = value
         fields[f'final_eval_{name}'] = value
   return fields
+
+
+def simulated_time_summary(
+    history: Sequence[Mapping[str, float]], elapsed_seconds: float,
+    target_accuracy: float,
+) -> dict[str, Any]:
+  """`summary.json`'s simulated-time keys (docs/outputs.md).
+
+  Always `simulated_seconds`; with a target (> 0), `rounds_to_target` and
+  `simulated_seconds_to_target` of the first evaluation whose
+  `eval/accuracy` reaches it (None if none does yet).
+  """
+  summary: dict[str, Any] = {'simulated_seconds': elapsed_seconds}
+  if target_accuracy > 0:
+    summary.update(target_accuracy=target_accuracy, rounds_to_target=None,
+                   simulated_seconds_to_target=None)
+    for row in history:
+      if row.get('eval/accuracy', -math.inf) >= target_accuracy:
+        summary['rounds_to_target'] = int(row['round_num'])
+        summary['simulated_seconds_to_target'] = row.get(
+            'time/elapsed_seconds')
+        break
+  return summary
