@@ -173,10 +173,18 @@ def _build_client_update(
                   for v in tf.nest.flatten(model_weights.trainable))
     optimizer_state = optimizer.set_hparams(optimizer.initialize(specs),
                                             optimizer_hparams)
-    steps, processed, _ = iterate(
-        batches.repeat().take(tf.cast(budget, tf.int64)),
-        (tf.constant(0, tf.int32), tf.constant(0, tf.int32), optimizer_state),
-        train_step)
+    # Training iterates the batches after the loss pass has: each new
+    # iterator of the shuffled epoch (`reshuffle_each_iteration=True`) draws
+    # the next seed of the dataset's seed generator, and without this
+    # dependency the two iterators were created in either order, so a run
+    # with loss-aware reweighting trained on either shuffle (not
+    # reproducible from --seed).
+    with tf.control_dependencies([pre_training_loss]):
+      steps, processed, _ = iterate(
+          batches.repeat().take(tf.cast(budget, tf.int64)),
+          (tf.constant(0, tf.int32), tf.constant(0, tf.int32),
+           optimizer_state),
+          train_step)
 
     delta = tf.nest.map_structure(tf.subtract, initial_weights.trainable,
                                   model_weights.trainable)
