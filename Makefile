@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs
 PORT ?= 8888
+# Test processes: one a core, at most 4 (each holds TensorFlow and a TFF
+# worker, about 1.5 GB); TEST_JOBS=0 runs the suite in this process.
+TEST_JOBS ?= auto
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
@@ -38,10 +41,10 @@ run: $(STAMP)
 	$(PY) -m experiments.train_mnist --flagfile=experiments/flags/mnist_fedavg_cnn.flags --root_output_dir=$(RUN_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m 'slow or not slow'
+	$(PY) -m pytest -q -n $(TEST_JOBS) --maxprocesses=4 --dist loadfile --no-loadscope-reorder -m 'slow or not slow'
 
 # Colab's "Connect to a local runtime" (docs/colab.md): the server runs the
 # pinned Python 3.11 kernel on 127.0.0.1 only, lets the page at
