@@ -1,7 +1,9 @@
 """Model-update aggregators: a base chosen by name, wrapped by flags.
 
 See `build.py` for the registry and the composition, and one module per
-factory (`compensation.py`, `precise_sum.py`, `robust.py`).
+factory (`compensation.py`, `precise_sum.py`, `robust.py`; `masked_mean.py`,
+HeteroFL's mean over the clients holding each coordinate, is not registered
+yet: it needs client work that trains width-scaled sub-models).
 """
 
 from tff_pipeline.aggregators.build import AggregatorBuilder
