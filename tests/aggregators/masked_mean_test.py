@@ -224,3 +224,26 @@ def test_sub_model_updates_from_width_scatter(tff_runtime):
   # Hidden unit 5 (kernel column, bias) comes from the full-width client.
   np.testing.assert_allclose(output.result[0][:, 5], deltas[0][0][:, 5])
   assert output.measurements['masked_mean']['num_uncovered'] == 0
+
+
+def test_a_secure_sum_can_stand_in_for_the_sums(tff_runtime):
+  # SecureSumFactory clips each client's value to its bounds and quantizes
+  # it (the protocol itself is not simulated, BUILD.md): the mean is the
+  # reference's to the quantization step, and a coordinate nobody holds
+  # still gets exactly 0.
+  del tff_runtime
+  secure = masked_mean.MaskedMeanFactory(
+      value_sum_factory=tff.aggregators.SecureSumFactory(
+          upper_bound_threshold=1e3, lower_bound_threshold=-1e3),
+      weight_sum_factory=tff.aggregators.SecureSumFactory(
+          upper_bound_threshold=1e3, lower_bound_threshold=0.0),
+  ).create(VALUE_TYPE, WEIGHT_TYPE)
+  a, b, mask_a, mask_b, weights = _clients('uncovered')
+  output = secure.next(secure.initialize(),
+                       _reports(a, b, mask_a, mask_b), list(weights))
+  expected, measurements = masked_mean.masked_mean(
+      _flat(a, b), _flat(mask_a, mask_b), weights)
+  got = _flat(output.result['a'][np.newaxis], output.result['b'][np.newaxis])
+  np.testing.assert_allclose(got[0], expected, atol=1e-3)
+  assert output.result['a'][1, 2] == 0.0
+  assert output.measurements['masked_mean'] == measurements
