@@ -2,7 +2,7 @@
 
 HeteroFL (Diao, Ding and Tarokh 2021, "HeteroFL: Computation and
 Communication Efficient Federated Learning for Heterogeneous Clients", ICLR
-2021, arXiv 2010.01264, sec. 3.1) trains width-scaled sub-models of one
+2021, arXiv 2010.01264, sec. 3) trains width-scaled sub-models of one
 global model: client k holds only the coordinates of its width
 (`models/width.py`). The server averages every coordinate over the clients
 whose sub-model holds it, and leaves a coordinate nobody held unchanged:

@@ -2,7 +2,7 @@
 
 HeteroFL (Diao, Ding and Tarokh 2021, "HeteroFL: Computation and
 Communication Efficient Federated Learning for Heterogeneous Clients", ICLR
-2021, arXiv 2010.01264, sec. 3.1) gives a client of capability w in (0, 1]
+2021, arXiv 2010.01264, sec. 3) gives a client of capability w in (0, 1]
 the sub-model made of the first ceil(w * units) units (channels) of every
 hidden layer of the global model. Inputs and outputs keep their size: the
 first layer sees every input feature and the last layer emits every class.
