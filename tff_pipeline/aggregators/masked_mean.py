@@ -131,9 +131,6 @@ def _delta_type_of(value_type: tff.Type) -> tff.Type:
   return delta_type
 
 
-Factory = tff.aggregators.UnweightedAggregationFactory
-
-
 class MaskedMeanFactory(tff.aggregators.WeightedAggregationFactory):
   """Averages each coordinate over the clients that hold it (HeteroFL).
 
@@ -153,14 +150,17 @@ class MaskedMeanFactory(tff.aggregators.WeightedAggregationFactory):
   def __init__(
       self,
       *,
-      value_sum_factory: Factory | None = None,
-      weight_sum_factory: Factory | None = None,
+      value_sum_factory: (tff.aggregators.UnweightedAggregationFactory
+                          | None) = None,
+      weight_sum_factory: (tff.aggregators.UnweightedAggregationFactory
+                           | None) = None,
       weighting: str = client_reports.WEIGHT_BY_EXAMPLES_PROCESSED,
   ):
     sums = {'value_sum_factory': value_sum_factory,
             'weight_sum_factory': weight_sum_factory}
     for name, factory in sums.items():
-      if factory is not None and not isinstance(factory, Factory):
+      if factory is not None and not isinstance(
+          factory, tff.aggregators.UnweightedAggregationFactory):
         raise TypeError(f'{name} must be an unweighted TFF aggregation '
                         f'factory, got {factory!r}')
     self._value_sum = value_sum_factory or precise_sum.Float64SumFactory()

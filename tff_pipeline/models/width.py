@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -235,8 +236,8 @@ def _pass_through(walk: _Walk, index: int, info: LayerInfo) -> None:
 _LayerRule = Callable[[_Walk, int, LayerInfo], None]
 
 _LAYER_RULES: dict[str, _LayerRule] = {
-    'Conv2D': lambda walk, i, info: _cut_layer(walk, i, info, kernel_rank=4),
-    'Dense': lambda walk, i, info: _cut_layer(walk, i, info, kernel_rank=2),
+    'Conv2D': functools.partial(_cut_layer, kernel_rank=4),
+    'Dense': functools.partial(_cut_layer, kernel_rank=2),
     'Flatten': _flatten,
     'Reshape': _reshape,
     **{kind: _pass_through for kind in _PASS_THROUGH},
