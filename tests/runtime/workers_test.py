@@ -110,13 +110,12 @@ def test_worker_malloc_settings_are_defaults_ours_win(monkeypatch):
   for name in workers.WORKER_MALLOC_ENV:
     monkeypatch.delenv(name, raising=False)
   env = workers.WorkerProcess(port=1).environment()
-  assert env['MALLOC_ARENA_MAX'] == '2'
-  assert env['MALLOC_MMAP_THRESHOLD_'] == '131072'
+  assert env['MALLOC_ARENA_MAX'] == '1'
   monkeypatch.setenv('MALLOC_ARENA_MAX', '8')
+  assert workers.WorkerProcess(port=1).environment()['MALLOC_ARENA_MAX'] == '8'
   env = workers.WorkerProcess(
-      port=1, extra_env={'MALLOC_MMAP_THRESHOLD_': '65536'}).environment()
-  assert env['MALLOC_ARENA_MAX'] == '8'
-  assert env['MALLOC_MMAP_THRESHOLD_'] == '65536'
+      port=1, extra_env={'MALLOC_ARENA_MAX': '2'}).environment()
+  assert env['MALLOC_ARENA_MAX'] == '2'
 
 
 @pytest.mark.parametrize('intra, inter, environ', [

@@ -153,15 +153,14 @@ def _parse_bind_address(
 
 
 # glibc malloc settings for the worker (each kept if already set in our
-# environment). The worker's many threads each get an arena, and glibc raises
-# its mmap threshold to the size of every large block freed, so tensors of a
-# few hundred KiB end up in fragmented arenas that RSS never gives back:
-# two loopback workers grew by 58-142 MiB from round 100 to 2,000
-# (benchmarks/README.md, "Soak"). Two arenas and a fixed 128 KiB threshold
-# (large tensors are mmapped and returned on free) bound that.
+# environment). The worker's many threads each get a malloc arena, and the
+# heap fragments across them: two loopback workers grew by 58-142 MiB from
+# round 100 to 2,000 (benchmarks/README.md, "Soak"). One arena bounds that
+# at no measurable cost to a paper-CNN round on 2 cores (docs/memory.md);
+# on a many-core worker, `MALLOC_ARENA_MAX=4` in run_worker's environment
+# trades some of the bound for less lock contention.
 WORKER_MALLOC_ENV = {
-    'MALLOC_ARENA_MAX': '2',
-    'MALLOC_MMAP_THRESHOLD_': '131072',
+    'MALLOC_ARENA_MAX': '1',
 }
 
 
