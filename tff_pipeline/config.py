@@ -27,7 +27,7 @@ def _require(ok: bool, flag: str, value: object, expected: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(settings.Validated):
   """A `tff.learning.optimizers` optimizer, chosen by name.
 
   The settings' flags are prefixed by `role` ('client' or 'server'), which
@@ -50,15 +50,9 @@ class OptimizerConfig:
       help='{Role} adaptivity constant tau (adam, yogi, adagrad).')
   role: str = settings.internal('client', 'prefixes the flags of the block')
 
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class AggregationConfig:
+class AggregationConfig(settings.Validated):
   """Settings of the model-update aggregator and of its wrappers."""
 
   compensation_normalize: bool = setting(
@@ -124,15 +118,9 @@ class AggregationConfig:
       'threshold tracks (times 2, plus 1); lower it below 1 - the share of '
       'faulty clients, or their huge updates raise the threshold past them.')
 
-  def __post_init__(self):
-    self.validate()
-
   @property
   def dp(self) -> bool:
     return self.dp_noise_multiplier > 0
-
-  def validate(self) -> None:
-    settings.check_fields(self)
 
 
 def _zero_or(low_open: float, high: float) -> Check:
@@ -143,7 +131,7 @@ def _zero_or(low_open: float, high: float) -> Check:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectionConfig:
+class SelectionConfig(settings.Validated):
   """Which clients train in a round (docs/selection.md). The defaults are
   today's uniform sampling; `scheduling/selection.py` implements them."""
 
@@ -184,15 +172,9 @@ class SelectionConfig:
       help='oort: clients whose utility is at least this times the '
       'exploited quota\'s lowest are sampled in proportion to utility.')
 
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class FeedbackConfig:
+class FeedbackConfig(settings.Validated):
   """Whether and how much lagging clients get more local work
   (`scheduling/feedback.py`, docs/selection.md)."""
 
@@ -211,15 +193,9 @@ class FeedbackConfig:
       help='feedback: the most a lagging client\'s local steps are '
       'multiplied by.')
 
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class SchedulingConfig:
+class SchedulingConfig(settings.Validated):
   """Simulated time: devices, the round policy and its deadline, the target.
 
   See docs/simulated_time.md. The defaults keep every earlier result: the
@@ -270,12 +246,6 @@ class SchedulingConfig:
   selection: SelectionConfig = settings.nested(SelectionConfig())
   feedback: FeedbackConfig = settings.nested(FeedbackConfig())
 
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
-
 
 def _is_experiment_name(name: Any) -> bool:
   return (isinstance(name, str)
@@ -284,7 +254,7 @@ def _is_experiment_name(name: Any) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(settings.Validated):
   """Everything the training loop needs besides the task.
 
   Checked at construction; `check_num_clients` checks it against the task.
@@ -345,9 +315,6 @@ class TrainingConfig:
   faults: faults_lib.FaultInjection = settings.nested(
       faults_lib.FaultInjection())
   scheduling: SchedulingConfig = settings.nested(SchedulingConfig())
-
-  def __post_init__(self):
-    self.validate()
 
   def validate(self, num_clients: int | None = None) -> None:
     """Checks the settings (as at construction), and `num_clients` if given.

@@ -60,7 +60,7 @@ FAULT_MODES.register('zero_examples', 'clients with no data')(
 
 
 @dataclasses.dataclass(frozen=True)
-class FaultInjection:
+class FaultInjection(settings.Validated):
   """Which sampled clients are faulty, and how."""
 
   fraction: float = settings.setting(
@@ -70,12 +70,6 @@ class FaultInjection:
   mode: str = settings.setting(
       'nan', flag='faulty_mode', choices=FAULT_MODES,
       help='What faulty clients do: {choices}')
-
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self) -> None:
-    settings.check_fields(self)
 
   @property
   def enabled(self) -> bool:

@@ -96,7 +96,7 @@ STRAGGLER_BUDGETS = ('epochs', 'steps')
 
 
 @dataclasses.dataclass(frozen=True)
-class ComputeHeterogeneity:
+class ComputeHeterogeneity(settings.Validated):
   """How local-step budgets are drawn. The defaults simulate none."""
 
   straggler_fraction: float = settings.setting(
@@ -125,9 +125,6 @@ class ComputeHeterogeneity:
       0.2, checks=[settings.fraction()],
       help='minority capacity profile: share of slow clients (the same '
       'clients as the --feature_skew minority for equal fractions).')
-
-  def __post_init__(self):
-    self.validate()
 
   def validate(self) -> None:
     settings.check_fields(self)

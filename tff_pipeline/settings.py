@@ -348,3 +348,18 @@ def check_fields(config: Any) -> None:
       if value not in s.choices:
         raise errors.UsageError(
             f'--{flag}={value!r} must be one of {", ".join(s.choices)}')
+
+
+class Validated:
+  """Base of the config dataclasses: `validate` runs at construction.
+
+  The default `validate` checks each declared setting (`check_fields`); a
+  config with rules across its fields overrides it and calls
+  `check_fields` first.
+  """
+
+  def __post_init__(self) -> None:
+    self.validate()
+
+  def validate(self) -> None:
+    check_fields(self)

@@ -35,6 +35,8 @@ def test_runtime_runs_computations_and_stops_its_worker():
       environ = _environ_of(pid)
       for name, value in runtime.local_worker.threads.items():
         assert environ[name] == value
+      for name, value in workers.WORKER_MALLOC_ENV.items():
+        assert environ[name] == os.environ.get(name, value)
     assert _sum([1.0, 2.0, 3.5]) == pytest.approx(6.5)
   assert pid not in helpers.worker_binary_pids()
   assert pid not in runtime_lib.live_worker_pids()
@@ -102,6 +104,18 @@ def test_worker_thread_defaults_env_and_arguments(monkeypatch):
       intra: '2', inter: '7'}
   monkeypatch.setenv(intra, '2')
   assert workers.WorkerProcess(port=1).threads[intra] == '2'
+
+
+def test_worker_malloc_settings_are_defaults_ours_win(monkeypatch):
+  for name in workers.WORKER_MALLOC_ENV:
+    monkeypatch.delenv(name, raising=False)
+  env = workers.WorkerProcess(port=1).environment()
+  assert env['MALLOC_ARENA_MAX'] == '1'
+  monkeypatch.setenv('MALLOC_ARENA_MAX', '8')
+  assert workers.WorkerProcess(port=1).environment()['MALLOC_ARENA_MAX'] == '8'
+  env = workers.WorkerProcess(
+      port=1, extra_env={'MALLOC_ARENA_MAX': '2'}).environment()
+  assert env['MALLOC_ARENA_MAX'] == '2'
 
 
 @pytest.mark.parametrize('intra, inter, environ', [

@@ -152,6 +152,18 @@ def _parse_bind_address(
     ) from None
 
 
+# glibc malloc settings for the worker (each kept if already set in our
+# environment). The worker's many threads each get a malloc arena, and the
+# heap fragments across them: two loopback workers grew by 58-142 MiB from
+# round 100 to 2,000 (benchmarks/README.md, "Soak"). One arena bounds that
+# at no measurable cost to a paper-CNN round on 2 cores (docs/memory.md);
+# on a many-core worker, `MALLOC_ARENA_MAX=4` in run_worker's environment
+# trades some of the bound for less lock contention.
+WORKER_MALLOC_ENV = {
+    'MALLOC_ARENA_MAX': '1',
+}
+
+
 class WorkerProcess:
   """One `worker_binary` child process, serving TFF's executor over gRPC.
 
@@ -218,14 +230,23 @@ class WorkerProcess:
         f'{self.max_concurrent_computation_calls}',
     ]
 
+  def environment(self) -> dict[str, str]:
+    """The worker's environment: ours, then `WORKER_MALLOC_ENV` and a
+    quiet TF log where ours does not set them, then the thread settings and
+    `extra_env` (the LD_PRELOAD shim is added at start)."""
+    env = dict(os.environ)
+    env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    for name, value in WORKER_MALLOC_ENV.items():
+      env.setdefault(name, value)
+    env.update(self.threads)
+    env.update(self.extra_env)
+    return env
+
   def start(self) -> 'WorkerProcess':
     """Starts the process (idempotent while it is running)."""
     if self.is_running():
       return self
-    env = dict(os.environ)
-    env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    env.update(self.threads)
-    env.update(self.extra_env)
+    env = self.environment()
     if self.bind_address is not None:
       self._add_bind_shim(env)
     if self.log_path:
