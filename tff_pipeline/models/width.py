@@ -380,3 +380,28 @@ def masks(spec: WidthSpec, width: float,
   """Per global weight, 1 where the sub-model of `width` holds it, else 0."""
   ones = [np.ones(shape, dtype) for shape in sub_shapes(spec, width)]
   return scatter(ones, spec, width)[1]
+
+
+def unit_table(spec: WidthSpec, width: float) -> np.ndarray:
+  """Per global weight, (kept "out" units, kept "in" units), as int32.
+
+  The numbers a TF computation needs to rebuild `masks(spec, width)` with
+  `kept_units`' exact decimal rounding (a float width times the units,
+  rounded up in TF, would keep 4 of 10 units at width 0.3): row i is
+  (k_out, k_in) for `spec.weights[i]`. The weight's coordinate is held
+  where its out index is < k_out and its in index modulo the previous
+  layer's units (`WeightCut.in_units`, or the whole in axis when it is not
+  cut) is < k_in. Uncut axes keep all their units; a bias has k_in = 0.
+  """
+  rows = []
+  for cut in spec.weights:
+    out_units = cut.shape[cut.out_axis]
+    k_out = kept_units(out_units, width) if cut.cut_out else out_units
+    if cut.in_axis is None:
+      k_in = 0
+    elif cut.cut_in:
+      k_in = kept_units(cut.in_units, width)
+    else:
+      k_in = cut.shape[cut.in_axis]
+    rows.append((k_out, k_in))
+  return np.array(rows, np.int32).reshape(len(rows), 2)
