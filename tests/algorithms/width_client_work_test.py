@@ -71,6 +71,14 @@ def client_work(tff_runtime):
           config_lib.OptimizerConfig(learning_rate=LEARNING_RATE)), SPEC)
 
 
+@pytest.fixture(scope='module')
+def heterofl(tff_runtime, tmp_path_factory):
+  del tff_runtime
+  return build.build_width_masked(
+      _model_fn, _config(tmp_path_factory.mktemp('heterofl'), 'mean'),
+      masked_mean.MaskedMeanFactory(), SPEC)
+
+
 def _one_round(algorithm, client_data):
   state = algorithm.process.initialize()
   initial = algorithm.process.get_model_weights(state).trainable
@@ -112,17 +120,13 @@ def test_type_signature(client_work):
   assert result.member.update_weight == tff.TensorType(np.float32)
 
 
-def test_every_client_at_width_1_is_fedavg(tmp_path, tff_runtime):
+def test_every_client_at_width_1_is_fedavg(heterofl, tmp_path):
   """The issue's acceptance: with every client at width 1, one round of the
   masked mean over width-masked client work is FedAvg with `mean`."""
-  del tff_runtime
   clients = _client_arrays()
   fedavg = build.build_fedavg(
       _model_fn, _config(tmp_path, 'mean'),
       aggregators_build.build_aggregator(_config(tmp_path, 'mean')))
-  heterofl = build.build_width_masked(
-      _model_fn, _config(tmp_path, 'mean'), masked_mean.MaskedMeanFactory(),
-      SPEC)
   assert heterofl.process.next.type_signature.parameter[0] == (
       heterofl.process.initialize.type_signature.result)
   start, expected = _one_round(fedavg, [
@@ -179,6 +183,28 @@ def test_a_half_width_client_trains_its_sub_model(client_work):
   assert result.update[client_reports.LOCAL_STEPS] == LOCAL_STEPS
   # The examples processed: 4 steps over batches of 4, 4, 4.
   assert result.update_weight == LOCAL_STEPS * BATCH_SIZE
+
+
+def test_a_round_of_mixed_widths_is_the_masked_mean_of_sub_models(heterofl):
+  """Widths 1, 0.5 and 0.25: the new global model is the old one minus the
+  NumPy masked mean of the Keras sub-models' scattered deltas, weighted by
+  the examples each client processed (16, 13, 14)."""
+  widths = (1.0, 0.5, 0.25)
+  clients = _client_arrays()
+  start, got = _one_round(heterofl, [
+      heterofl.client_input(_batches(x, y), LOCAL_STEPS, len(x), 0, w)
+      for (x, y), w in zip(clients, widths)])
+  start = [np.asarray(s) for s in start]
+  deltas, masks = zip(*(
+      width.scatter(_keras_sub_model_delta(start, x, y, w), SPEC, w)
+      for (x, y), w in zip(clients, widths)))
+  processed = [sum(min(BATCH_SIZE, len(x) - BATCH_SIZE * (step % 3))
+                   for step in range(LOCAL_STEPS)) for x, _ in clients]
+  assert processed == [16, 13, 14]
+  for i, s in enumerate(start):
+    mean, _ = masked_mean.masked_mean([d[i] for d in deltas],
+                                      [m[i] for m in masks], processed)
+    np.testing.assert_allclose(got[i], s - mean, atol=1e-6)
 
 
 def test_sub_models_need_the_masked_mean(tmp_path):
