@@ -117,6 +117,7 @@ def _build_composed(
     factory: tff.aggregators.WeightedAggregationFactory,
     proximal_strength: float = 0.0,
     width_spec: width_lib.WidthSpec | None = None,
+    output_scaler: bool = False,
 ) -> Algorithm:
   """FedAvg/FedProx composed from TFF templates around our client work.
 
@@ -124,12 +125,13 @@ def _build_composed(
   (`client_reports.needs_of`): an aggregator that consumes the full report
   gets it; any other receives the model delta, weighted by the examples
   processed as in TFF's FedAvg. With a `width_spec`, clients train
-  width-scaled sub-models (`build_width_masked`).
+  width-scaled sub-models (`build_width_masked`), with HeteroFL's scaler
+  if `output_scaler`.
 
   Raises:
     ValueError: if `width_spec` is given and `factory` does not consume
       coordinate masks (it would average the zeros of clients that do not
-      hold a coordinate).
+      hold a coordinate), or `output_scaler` is set without `width_spec`.
   """
   needs = client_reports.needs_of(factory)
   if width_spec is not None and not needs.coordinate_mask:
@@ -148,6 +150,7 @@ def _build_composed(
       measure_loss=needs.pre_training_loss,
       weighting=needs.weighting,
       width_spec=width_spec,
+      output_scaler=output_scaler,
   )
   update_type = client_work.next.type_signature.result.result.member.update
   process = tff.learning.templates.compose_learning_process(
@@ -161,8 +164,8 @@ def _build_composed(
   )
   if width_spec is None:
     return Algorithm(process, compensation_client_work.client_input)
-  return Algorithm(process,
-                   compensation_client_work.width_client_input(width_spec))
+  return Algorithm(process, compensation_client_work.width_client_input(
+      width_spec, output_scaler=output_scaler))
 
 
 def build_width_masked(
@@ -170,6 +173,8 @@ def build_width_masked(
     config: config_lib.TrainingConfig,
     factory: tff.aggregators.WeightedAggregationFactory,
     spec: width_lib.WidthSpec,
+    *,
+    output_scaler: bool = False,
 ) -> Algorithm:
   """HeteroFL (Diao et al. 2021, arXiv 2010.01264): FedAvg of sub-models.
 
@@ -178,12 +183,15 @@ def build_width_masked(
   trains the sub-model of its width, and `factory` (the masked mean,
   `aggregators.masked_mean.MaskedMeanFactory`) averages each coordinate
   over the clients that hold it. The `Algorithm`'s `client_input` takes
-  the client's width as a fifth argument (default 1). Not registered under
-  `--algorithm` yet: nothing assigns widths.
+  the client's width as a fifth argument (default 1). With `output_scaler`,
+  clients apply the paper's scaler (sec. 3): hidden layers' outputs divided
+  by the width in local training. `training.loop.build_algorithm` builds
+  it for `--algorithm=fedavg` (mu = 0) or `fedprox` when
+  `--model_width_policy` is not `full`.
   """
-  return _build_composed(model_fn, config, factory,
-                         proximal_strength=config.proximal_strength,
-                         width_spec=spec)
+  mu = config.proximal_strength if config.algorithm == 'fedprox' else 0.0
+  return _build_composed(model_fn, config, factory, proximal_strength=mu,
+                         width_spec=spec, output_scaler=output_scaler)
 
 
 @ALGORITHMS.register('fedavg', 'federated averaging weighted by example count')
