@@ -257,3 +257,24 @@ def test_described_layers_give_the_spec_of_the_keras_model(specs):
   for a, b in zip(spec.indices(0.3), specs['cnn'].indices(0.3), strict=True):
     for x, y in zip(a, b, strict=True):
       np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('w', [1.0, 0.5, 0.125])
+def test_scaled_weights_are_the_sub_model_with_hidden_outputs_divided_by_w(
+    global_models, specs, w):
+  """`width.scaled`: the Keras sub-model with scaled weights computes the
+  2NN with each hidden pre-activation divided by w (HeteroFL's scaler)."""
+  sub = width.extract(global_models['2nn'].get_weights(), specs['2nn'], w)
+  x = np.random.default_rng(0).random((5, 784)).astype(np.float32)
+  k1, b1, k2, b2, k3, b3 = [a.astype(np.float64) for a in sub]
+  h1 = np.maximum((x @ k1 + b1) / w, 0)
+  h2 = np.maximum((h1 @ k2 + b2) / w, 0)
+  expected = h2 @ k3 + b3
+  model = models.build_2nn(7, width=w)
+  scaled = width.scaled(sub, specs['2nn'], w)
+  model.set_weights(scaled)
+  np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-4,
+                             atol=1e-4)
+  if w == 1.0:
+    assert all(a is b or np.array_equal(a, b) for a, b in zip(scaled, sub))
+  assert [a.dtype for a in scaled] == [np.float32] * 6

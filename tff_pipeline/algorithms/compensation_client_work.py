@@ -51,7 +51,8 @@ averages over. The pre-training loss is the sub-model's.
 HeteroFL's "Scaler" (Diao et al. 2021, sec. 3), behind `output_scaler`
 (off by default): during local training only, the paper divides the
 output of every hidden layer (its pre-activation W h + b) by the width
-rate w; the pre-training loss pass (like evaluation) is unscaled. The
+rate w; the pre-training loss pass is unscaled (a sub-model is evaluated
+with the scaler folded in: `width.scaled`). The
 Keras model is not changed: the client work trains the exact
 reparameterisation. With s = 1/w for the kernels and biases of hidden
 layers (`WeightCut.cut_out`) and s = 1 for the output layer, the scaled

@@ -338,6 +338,35 @@ def extract(global_weights: Sequence[np.ndarray], spec: WidthSpec,
           for w, index in zip(global_weights, spec.indices(width))]
 
 
+def scaled(sub_weights: Sequence[np.ndarray], spec: WidthSpec,
+           width: float) -> list[np.ndarray]:
+  """A sub-model's weights with HeteroFL's scaler folded in.
+
+  The scaler (Diao et al. 2021, sec. 3) divides every hidden layer's
+  output (its pre-activation) by w while a width-w sub-model trains; for
+  these layers that is the same network with the hidden layers' kernels and
+  biases divided by w (`WeightCut.cut_out`), which is how the client work
+  trains it. The paper drops the scaler at test time because its static
+  batch norm re-normalises each sub-model's activations there; our models
+  have no batch norm, so a sub-model is evaluated as it was trained, with
+  these weights. Width 1 returns the weights unchanged.
+
+  Args:
+    sub_weights: The sub-model's trainable weights (`extract`).
+    spec: The global model's `WidthSpec`.
+    width: w in (0, 1].
+  """
+  check_width(width)
+  out = []
+  for w, cut in zip(sub_weights, spec.weights):
+    w = np.asarray(w)
+    if cut.cut_out and width != FULL_WIDTH:
+      # As the client work: 1/w in float64, rounded to the weight's dtype.
+      w = w * np.asarray(1.0 / width, w.dtype)
+    out.append(w)
+  return out
+
+
 def scatter(sub_weights: Sequence[np.ndarray], spec: WidthSpec,
             width: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Puts a sub-model's weights (or update) back in the global shapes.

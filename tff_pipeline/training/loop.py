@@ -478,14 +478,18 @@ def _sub_model_evaluation(
     weights: Sequence[np.ndarray]) -> dict[str, float]:
   """`eval_width/<w>/<metric>`: each narrower width's sub-model, cut from
   the global model (`width.extract`) and evaluated as the global model is
-  (HeteroFL reports every width's accuracy). Empty without sub-models."""
+  (HeteroFL reports every width's accuracy); with the scaler, as it trains
+  (`width.scaled`). Empty without sub-models."""
   if scheduler.width_costs is None:
     return {}
   row = {}
+  spec = scheduler.width_spec
   for w in scheduler.width_costs.widths:
     if w == width_lib.FULL_WIDTH:
       continue
-    sub = width_lib.extract(weights, scheduler.width_spec, w)
+    sub = width_lib.extract(weights, spec, w)
+    if scheduler.config.model_width.model_width_scaler:
+      sub = width_lib.scaled(sub, spec, w)
     for name, value in task.evaluate_at_width(sub, w).items():
       row[f'eval_width/{widths_lib.label(w)}/{name}'] = value
   return row
