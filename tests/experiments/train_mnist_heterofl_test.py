@@ -49,7 +49,9 @@ def test_every_client_at_width_1_is_fedavg(tmp_path):
 
 
 def test_capacity_writes_widths_bytes_and_each_widths_accuracy(tmp_path):
-  rows, summary = _run(tmp_path, 'capacity', *CAPACITY, '--total_rounds=3')
+  """Also with secure aggregation: the masked mean's two sums secure."""
+  rows, summary = _run(tmp_path, 'capacity', *CAPACITY, '--total_rounds=3',
+                       '--secure_aggregation')
   widths = summary['model_widths']
   assert list(widths) == ['1', '0.5', '0.25', '0.125', '0.0625']
   assert summary['model_width_policy'] == 'capacity'
