@@ -75,6 +75,7 @@ def test_capacity_writes_widths_bytes_and_each_widths_accuracy(tmp_path):
       assert f'eval_width/{w}/client_accuracy_p10' not in row  # no holdout
   assert narrower_seen
   assert float(rows[-1]['eval/accuracy']) > 0.5
+  assert (tmp_path / 'results' / 'capacity' / 'accuracy_by_width.png').exists()
 
 
 @pytest.mark.parametrize('args, message', [
