@@ -308,8 +308,11 @@ class ModelWidthConfig(settings.Validated):
       'by a permutation drawn from --seed.')
   model_width_scaler: bool = setting(
       True,
-      help='Divide the outputs of a width-w sub-model\'s hidden layers by w '
-      'during local training (HeteroFL\'s scaler; not at evaluation).')
+      help='HeteroFL\'s scaler (on, as in the paper): a width-w client '
+      'divides its hidden layers\' outputs by w while it trains; each '
+      'width\'s sub-model is evaluated the same way (the global model, width '
+      '1, is unaffected). Without batch norm it enlarges narrow clients\' '
+      'steps: docs/heterofl.md.')
 
   @property
   def enabled(self) -> bool:
