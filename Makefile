@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= runs
 PORT ?= 8888
 # Test processes: one a core, at most 4 (each holds TensorFlow and a TFF
-# worker, about 1.5 GB); TEST_JOBS=0 runs the suite in this process.
+# worker, about 1.3 GB); TEST_JOBS=0 runs the suite in this process.
 TEST_JOBS ?= auto
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2

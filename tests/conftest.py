@@ -90,5 +90,10 @@ _LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
   """Moves the longest modules to the front, keeping every other order."""
   rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+  # A renamed module would silently lose its place; say so instead.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  stale = [p for p in _LONGEST_FIRST
+           if not os.path.exists(os.path.join(root, p))]
+  assert not stale, f'tests/conftest.py _LONGEST_FIRST names missing {stale}'
   items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0],
                                        len(rank)))

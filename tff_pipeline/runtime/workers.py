@@ -157,8 +157,8 @@ def _parse_bind_address(
 # heap fragments across them: two loopback workers grew by 58-142 MiB from
 # round 100 to 2,000 (benchmarks/README.md, "Soak"). One arena bounds that
 # at no measurable cost to a paper-CNN round on 2 cores (docs/memory.md);
-# on a many-core worker, `MALLOC_ARENA_MAX=4` in run_worker's environment
-# trades some of the bound for less lock contention.
+# a many-core worker may contend on the one arena (not measured): set
+# `MALLOC_ARENA_MAX` in run_worker's environment to choose otherwise.
 WORKER_MALLOC_ENV = {
     'MALLOC_ARENA_MAX': '1',
 }
