@@ -4,13 +4,11 @@ and resume after SIGKILL."""
 
 import csv
 import json
-import signal
 
 import numpy as np
 import pytest
 
 from tests import helpers
-from tff_pipeline.runtime import workers
 
 MODULE = 'experiments.train_mnist'
 TINY = ['--model=2nn', '--num_clients=20', '--clients_per_round=4',
@@ -123,10 +121,7 @@ def test_bad_width_input_gets_one_line(tmp_path, args, message):
   done = helpers.run_binary_in_process(
       MODULE, '--experiment_name=bad', f'--root_output_dir={tmp_path}', *TINY,
       *args)
-  assert done.returncode == 2, done.stderr
-  errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and message in errors[0], done.stderr
-  assert 'Traceback' not in done.stderr
+  helpers.assert_one_line_error(done, message)
 
 
 def test_a_regression_run_is_refused(tmp_path):
@@ -161,18 +156,9 @@ def test_sigkill_then_rerun_gives_the_same_model(tmp_path):
   assert straight.returncode == 0, straight.stderr
 
   root = tmp_path / 'killed'
-  process = helpers.start_binary(MODULE, *args, f'--root_output_dir={root}',
-                                 capture=False)
   summary_path = root / 'results' / 'kill' / 'summary.json'
-  try:
-    assert workers.wait_until(
-        lambda: helpers.rounds_completed(summary_path) >= 2, timeout=600,
-        interval=0.02)
-    assert process.poll() is None, 'the run ended before it could be killed'
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-  finally:
-    process.kill()
+  helpers.kill_after_rounds(MODULE, [*args, f'--root_output_dir={root}'],
+                            summary_path, 2)
   assert 2 <= json.loads(summary_path.read_text())['rounds_completed'] < 4
 
   resumed = helpers.run_binary_in_process(MODULE, *args,
