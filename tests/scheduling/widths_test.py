@@ -61,7 +61,7 @@ def test_mix_assignment_gives_each_width_its_count_from_the_seed():
     widths.mix_assignment(0, (5, 4), 10)
 
 
-def _config(**width_settings):
+def _config(round_policy='deadline_partial', **width_settings):
   return config_lib.TrainingConfig(
       experiment_name='w', root_output_dir='/nonexistent',
       clients_per_round=4, client_batch_size=50,
@@ -70,7 +70,7 @@ def _config(**width_settings):
           capacity_profile='minority', slow_client_fraction=0.5,
           min_capacity=0.1),
       scheduling=config_lib.SchedulingConfig(
-          round_policy='deadline_partial', deadline_quantile=0.5),
+          round_policy=round_policy, deadline_quantile=0.5),
       model_width=config_lib.ModelWidthConfig(**width_settings))
 
 
@@ -176,3 +176,25 @@ def test_a_task_without_hidden_layers_is_refused(task):
     scheduler_lib.Scheduler(task, _config(model_width_policy='capacity'))
 
 
+
+
+def test_capacity_with_deadline_drop_keeps_the_first_to_finish_at_their_widths(
+    mnist_task):
+  """deadline_drop samples ceil(1.3 m); widths fit the whole model's
+  deadline; the first m to finish at their widths by it are kept."""
+  scheduler = scheduler_lib.Scheduler(
+      mnist_task, _config('deadline_drop', model_width_policy='capacity'))
+  clients = scheduler.sample(1, 4)
+  assert len(clients) == 6
+  scheduled = scheduler.plan(1, clients)
+  full, _ = scheduler.work(1, clients, 4)
+  limit = float(np.quantile(full.full_seconds(), 0.5))
+  assert scheduled.plan.deadline_seconds == limit
+  kept = scheduled.plan.kept
+  assert 1 <= kept.sum() <= 4
+  assert (scheduled.plan.steps[kept] == full.full_steps[kept]).all()
+  assert (scheduled.plan.seconds[kept] <= limit).all() or (
+      scheduled.plan.deadline_missed)
+  # A narrower width only where the whole model would miss the deadline.
+  narrow = scheduled.width_indices > 0
+  assert (full.full_seconds()[narrow] > limit).all()
