@@ -148,9 +148,12 @@ def test_sigkill_then_rerun_gives_the_same_model(tmp_path):
   """Issue acceptance: a HeteroFL run (capacity widths, deadline_partial)
   killed with SIGKILL after round 2's checkpoint and rerun ends with the
   model and the last CSV row of the uninterrupted run."""
-  args = ['--experiment_name=kill', *TINY[:4], '--client_batch_size=20',
+  # 600 images a client in batches of 20: rounds 3 and 4 still take far
+  # longer than the 20 ms between looks at the summary.
+  args = ['--experiment_name=kill', '--model=2nn', '--num_clients=100',
+          '--clients_per_round=4', '--client_batch_size=20',
           '--total_rounds=4', '--rounds_per_checkpoint=2',
-          '--progress=false', *TINY[6:], *CAPACITY]
+          '--rounds_per_eval=4', '--progress=false', *TINY[6:], *CAPACITY]
   straight = helpers.run_binary_in_process(
       MODULE, *args, f'--root_output_dir={tmp_path / "straight"}')
   assert straight.returncode == 0, straight.stderr
