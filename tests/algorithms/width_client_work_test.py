@@ -278,22 +278,30 @@ def test_a_round_of_mixed_widths_is_the_masked_mean_of_sub_models(heterofl):
   """Widths 1, 0.5 and 0.25: the new global model is the old one minus the
   NumPy masked mean of the Keras sub-models' scattered deltas, weighted by
   the examples each client processed (16, 13, 14)."""
-  widths = (1.0, 0.5, 0.25)
+  processed = [sum(min(BATCH_SIZE, len(x) - BATCH_SIZE * (step % 3))
+                   for step in range(LOCAL_STEPS)) for x, _ in _client_arrays()]
+  assert processed == [16, 13, 14]
+  _assert_round_is_the_masked_mean(heterofl, (1.0, 0.5, 0.25),
+                                    _keras_sub_model_delta, atol=1e-6)
+
+
+def _assert_round_is_the_masked_mean(algorithm, widths, sub_model_delta,
+                                     atol):
+  """One round of the file's three clients at `widths` moves the global
+  model by minus the NumPy masked mean of `sub_model_delta`'s scattered
+  deltas, weighted by the examples processed (16, 13, 14)."""
   clients = _client_arrays()
-  start, got = _one_round(heterofl, [
-      heterofl.client_input(_batches(x, y), LOCAL_STEPS, len(x), 0, w)
+  start, got = _one_round(algorithm, [
+      algorithm.client_input(_batches(x, y), LOCAL_STEPS, len(x), 0, w)
       for (x, y), w in zip(clients, widths)])
   start = [np.asarray(s) for s in start]
   deltas, masks = zip(*(
-      width.scatter(_keras_sub_model_delta(start, x, y, w), SPEC, w)
+      width.scatter(sub_model_delta(start, x, y, w), SPEC, w)
       for (x, y), w in zip(clients, widths)))
-  processed = [sum(min(BATCH_SIZE, len(x) - BATCH_SIZE * (step % 3))
-                   for step in range(LOCAL_STEPS)) for x, _ in clients]
-  assert processed == [16, 13, 14]
   for i, s in enumerate(start):
     mean, _ = masked_mean.masked_mean([d[i] for d in deltas],
-                                      [m[i] for m in masks], processed)
-    np.testing.assert_allclose(got[i], s - mean, atol=1e-6)
+                                      [m[i] for m in masks], [16, 13, 14])
+    np.testing.assert_allclose(got[i], s - mean, atol=atol)
 
 
 def test_sub_models_need_the_masked_mean(tmp_path):
@@ -399,19 +407,8 @@ def test_a_round_of_mixed_widths_with_the_scaler(scaled_heterofl):
   1/w (4/3 is inexact in float32), and the round is the masked mean of the
   scaled sub-models, to 1e-5 as for one client (the scaler enlarges the
   updates, up to 3 here; at width 0.25 this training diverges)."""
-  widths = (1.0, 0.75, 0.5)
-  clients = _client_arrays()
-  start, got = _one_round(scaled_heterofl, [
-      scaled_heterofl.client_input(_batches(x, y), LOCAL_STEPS, len(x), 0, w)
-      for (x, y), w in zip(clients, widths)])
-  start = [np.asarray(s) for s in start]
-  deltas, masks = zip(*(
-      width.scatter(_scaled_sub_model_delta(start, x, y, w), SPEC, w)
-      for (x, y), w in zip(clients, widths)))
-  for i, s in enumerate(start):
-    mean, _ = masked_mean.masked_mean([d[i] for d in deltas],
-                                      [m[i] for m in masks], [16, 13, 14])
-    np.testing.assert_allclose(got[i], s - mean, atol=1e-5)
+  _assert_round_is_the_masked_mean(scaled_heterofl, (1.0, 0.75, 0.5),
+                                    _scaled_sub_model_delta, atol=1e-5)
 
 
 def test_the_scaler_needs_a_width_spec():
