@@ -44,9 +44,9 @@ from tff_pipeline import faults as faults_lib
 from tff_pipeline import privacy
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
+from tff_pipeline.models import width as width_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.scheduling import scheduler as scheduler_lib
-from tff_pipeline.models import width as width_lib
 from tff_pipeline.scheduling import selecting
 from tff_pipeline.scheduling import widths as widths_lib
 from tff_pipeline.training import checkpoints as checkpoints_lib
