@@ -66,6 +66,8 @@ TRAINING_BLOCKS: tuple[tuple[str, tuple[str | type, ...]], ...] = (
         'oort_alpha', 'oort_preferred_seconds', 'oort_exploration',
         'oort_exploration_decay', 'oort_exploration_min', 'oort_cutoff',
         'feedback', 'feedback_power', 'feedback_max_factor')),
+    ('Models sized to each device (HeteroFL)',
+     (config_lib.ModelWidthConfig,)),
 )
 """The shared flags, in blocks: (title, entries). An entry is a flag name,
 or a config dataclass standing for those of its settings that no block names

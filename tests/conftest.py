@@ -74,6 +74,7 @@ _LONGEST_FIRST = (
     'tests/experiments/train_mnist_test.py',
     'tests/lessons_test.py',
     'tests/notebooks_test.py',
+    'tests/experiments/train_mnist_heterofl_test.py',
     'tests/runtime/tls_test.py',
     'tests/runtime/bind_shim_test.py',
     'tests/aggregators/aggregators_test.py',

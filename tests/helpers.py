@@ -198,6 +198,37 @@ def rounds_completed(summary_path) -> int:
     return 0
 
 
+def kill_after_rounds(module: str, args: list[str], summary_path,
+                      rounds: int) -> None:
+  """Starts the binary and SIGKILLs it once `rounds` rounds are complete.
+
+  The summary is rewritten after each round's checkpoint is saved, so "n
+  rounds completed" means round n's checkpoint is whole (waiting for its
+  directory alone raced with the summary write).
+  """
+  # Imported here: the runtime package starts nothing at import, but tests
+  # that never kill a run need not load it.
+  from tff_pipeline.runtime import workers  # pylint: disable=g-import-not-at-top
+  process = start_binary(module, *args, capture=False)
+  try:
+    assert workers.wait_until(
+        lambda: rounds_completed(summary_path) >= rounds, timeout=600,
+        interval=0.02)
+    assert process.poll() is None, 'the run ended before it could be killed'
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+  finally:
+    process.kill()
+
+
+def assert_one_line_error(done, message: str) -> None:
+  """A run that exits 2 with one `error:` line containing `message`."""
+  assert done.returncode == 2, done.stderr
+  errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and message in errors[0], done.stderr
+  assert 'Traceback' not in done.stderr
+
+
 class RunWorker:
   """`python -m experiments.run_worker` as a subprocess on a loopback port.
 

@@ -30,7 +30,9 @@ TRAINING_FLAGS = [
     'target_accuracy', 'client_selection', 'poc_candidates',
     'selection_loss_examples', 'oort_alpha', 'oort_preferred_seconds',
     'oort_exploration', 'oort_exploration_decay', 'oort_exploration_min',
-    'oort_cutoff', 'feedback', 'feedback_power', 'feedback_max_factor']
+    'oort_cutoff', 'feedback', 'feedback_power', 'feedback_max_factor',
+    'model_width_policy', 'model_widths', 'model_width_mix',
+    'model_width_scaler']
 
 BASE = config_lib.TrainingConfig(experiment_name='x', root_output_dir='/tmp/x')
 
@@ -141,7 +143,8 @@ def test_hparams_of_a_python_run_keep_their_first_shape():
       'client_epsilon', 'server_optimizer', 'server_learning_rate',
       'server_momentum', 'server_epsilon', 'algorithm', 'aggregator',
       'rounds_per_eval', 'rounds_per_checkpoint', 'seed', 'heterogeneity',
-      'aggregation', 'proximal_strength', 'faults', 'scheduling']
+      'aggregation', 'proximal_strength', 'faults', 'scheduling',
+      'model_width']
   assert hparams['client_optimizer'] == 'sgd'
   assert hparams['client_momentum'] == 0.5
   assert hparams['server_learning_rate'] == 1.0

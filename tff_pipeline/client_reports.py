@@ -15,6 +15,13 @@ normalisation of Wang et al. 2020 (arXiv 2007.07481) divides by, and L_i
 data) is what the q-FFL-style reweighting of Li et al. 2020 (arXiv
 1905.10497) raises weights by.
 
+Client work that trains a width-scaled HeteroFL sub-model (Diao et al. 2021,
+arXiv 2010.01264; `models/width.py`) adds `coordinate_mask`, of the model
+delta's type: 1.0 where its sub-model holds the coordinate, 0.0 elsewhere
+(where its `model_delta` is 0). The masked mean
+(`aggregators/masked_mean.py`) averages each coordinate over the clients
+that hold it.
+
 A factory declares what it needs from client work with a `client_work_needs`
 attribute holding a `ClientWorkNeeds`, the way TFF factories declare what they
 accept in `create`. A factory without the attribute (every TFF factory, and
@@ -36,6 +43,7 @@ from tff_pipeline import _structure
 MODEL_DELTA = 'model_delta'
 LOCAL_STEPS = 'local_steps'
 PRE_TRAINING_LOSS = 'pre_training_loss'
+COORDINATE_MASK = 'coordinate_mask'
 
 WEIGHT_BY_DATA_SIZE = 'data_size'
 """Update weight n_i, the client's number of examples."""
@@ -56,18 +64,23 @@ class ClientWorkNeeds:
     pre_training_loss: Clients must measure L_i before training (an extra
       pass over their data); otherwise they report 0.
     weighting: The update weight, one of `WEIGHTINGS`.
+    coordinate_mask: Clients must add `coordinate_mask` to the full report:
+      which coordinates of the model delta their (width-scaled) sub-model
+      holds.
   """
 
   full_report: bool = False
   pre_training_loss: bool = False
   weighting: str = WEIGHT_BY_EXAMPLES_PROCESSED
+  coordinate_mask: bool = False
 
   def __post_init__(self):
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f'unknown weighting {self.weighting!r}; expected one '
                        f'of {WEIGHTINGS}')
-    if self.pre_training_loss and not self.full_report:
-      raise ValueError('pre_training_loss is part of the full report')
+    for part in ('pre_training_loss', 'coordinate_mask'):
+      if getattr(self, part) and not self.full_report:
+        raise ValueError(f'{part} is part of the full report')
 
 
 MODEL_DELTA_ONLY = ClientWorkNeeds()

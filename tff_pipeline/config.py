@@ -247,6 +247,89 @@ class SchedulingConfig(settings.Validated):
   feedback: FeedbackConfig = settings.nested(FeedbackConfig())
 
 
+def _numbers(value: Any, kind: type) -> tuple | None:
+  """`value` (a list flag's strings, or numbers) as a tuple of `kind`, or
+  None if an item is not one."""
+  try:
+    items = tuple(kind(v) if not isinstance(v, bool) else None
+                  for v in value)
+  except (TypeError, ValueError):
+    return None
+  if any(item is None for item in items):
+    return None
+  if kind is int and any(str(v).strip() != str(int(v)) for v in value
+                         if isinstance(v, str)):
+    return None
+  return items
+
+
+def _is_width_list(value: Any) -> bool:
+  widths = _numbers(value, float)
+  return (bool(widths)
+          and all(settings.finite(w) and 0 < w <= 1 for w in widths)
+          and all(a > b for a, b in zip(widths, widths[1:])))
+
+
+def _is_mix(value: Any) -> bool:
+  counts = _numbers(value, int)
+  return counts is not None and all(c >= 0 for c in counts)
+
+
+def _listed(value: Any) -> str:
+  return ','.join(str(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelWidthConfig(settings.Validated):
+  """Width-scaled sub-models for weak clients (HeteroFL; docs/heterofl.md).
+
+  The default, `full`, trains the whole model on every client: every
+  earlier result is unchanged.
+  """
+
+  model_width_policy: str = setting(
+      'full', choices='tff_pipeline.scheduling.widths:WIDTH_POLICIES',
+      help='Which width of the model each client trains (HeteroFL, Diao et '
+      'al. 2021): {choices}')
+  model_widths: tuple[float, ...] = setting(
+      (1.0, 0.5, 0.25, 0.125, 0.0625),
+      checks=[Check(_is_width_list,
+                    'must be a non-empty list of widths in (0, 1], from '
+                    'the widest to the narrowest, without repeats',
+                    show=_listed)],
+      help='The widths a client may train, each in (0, 1], widest first: a '
+      'width w keeps the first ceil(w * units) units of every hidden layer.')
+  model_width_mix: tuple[str, ...] = setting(
+      (),
+      checks=[Check(_is_mix, 'must be a list of client counts (integers '
+                    '>= 0)', show=_listed)],
+      help='mix policy: how many clients train each of --model_widths, in '
+      'its order; the counts sum to --num_clients, and clients are assigned '
+      'by a permutation drawn from --seed.')
+  model_width_scaler: bool = setting(
+      True,
+      help='HeteroFL\'s scaler (on, as in the paper): a width-w client '
+      'divides its hidden layers\' outputs by w while it trains; each '
+      'width\'s sub-model is evaluated the same way (the global model, width '
+      '1, is unaffected). Without batch norm it enlarges narrow clients\' '
+      'steps: docs/heterofl.md.')
+
+  @property
+  def enabled(self) -> bool:
+    """Whether clients train sub-models (any policy but `full`)."""
+    return self.model_width_policy != 'full'
+
+  @property
+  def widths(self) -> tuple[float, ...]:
+    """`model_widths` as floats."""
+    return _numbers(self.model_widths, float)
+
+  @property
+  def mix(self) -> tuple[int, ...]:
+    """`model_width_mix` as client counts."""
+    return _numbers(self.model_width_mix, int)
+
+
 def _is_experiment_name(name: Any) -> bool:
   return (isinstance(name, str)
           and bool(re.fullmatch(r'[A-Za-z0-9._-]+', name))
@@ -315,6 +398,7 @@ class TrainingConfig(settings.Validated):
   faults: faults_lib.FaultInjection = settings.nested(
       faults_lib.FaultInjection())
   scheduling: SchedulingConfig = settings.nested(SchedulingConfig())
+  model_width: ModelWidthConfig = settings.nested(ModelWidthConfig())
 
   def validate(self, num_clients: int | None = None) -> None:
     """Checks the settings (as at construction), and `num_clients` if given.
@@ -335,6 +419,12 @@ class TrainingConfig(settings.Validated):
         self.clients_per_round,
         f'must not exceed --num_clients={num_clients}',
     )
+    mix = self.model_width.mix
+    if self.model_width.model_width_policy == 'mix':
+      _require(sum(mix) == num_clients, 'model_width_mix',
+               _listed(self.model_width.model_width_mix),
+               f'must sum to --num_clients={num_clients} (it sums to '
+               f'{sum(mix)})')
 
   def hparams(self) -> dict[str, Any]:
     """The `hparams.csv` row of a run started from Python (not flags)."""
@@ -418,6 +508,7 @@ def check_combinations(config: TrainingConfig) -> None:
           '--algorithm=fedsgd cannot simulate; use fedavg or fedprox')
   _check_scheduling(config)
   _check_selection(config)
+  _check_widths(config)
 
 
 DEADLINE_POLICIES = ('deadline_drop', 'deadline_partial')
@@ -472,3 +563,60 @@ def _check_selection(config: TrainingConfig) -> None:
     raise errors.UsageError(
         '--feedback gives lagging clients more local steps, but '
         '--algorithm=fedsgd runs none; use fedavg or fedprox')
+
+
+def _check_widths(config: TrainingConfig) -> None:
+  """The rules of width-scaled sub-models (docs/heterofl.md).
+
+  Sub-models send their updates with coordinate masks to the masked mean
+  (`aggregators/masked_mean.py`), built around our client work. What cannot
+  consume masks, or would count the zeros of clients that do not hold a
+  coordinate, is refused.
+  """
+  w = config.model_width
+  policy = f'--model_width_policy={w.model_width_policy}'
+  if (w.model_width_policy == 'mix') != bool(w.model_width_mix):
+    raise errors.UsageError(
+        f'--model_width_mix={_listed(w.model_width_mix)} and '
+        '--model_width_policy=mix go together: give both or neither')
+  if w.model_width_mix and len(w.mix) != len(w.widths):
+    raise errors.UsageError(
+        f'--model_width_mix={_listed(w.model_width_mix)} must give one '
+        f'count per width of --model_widths={_listed(w.model_widths)}')
+  if not w.enabled:
+    return
+  s = config.scheduling
+  agg = config.aggregation
+  if (w.model_width_policy == 'capacity'
+      and s.round_policy not in DEADLINE_POLICIES):
+    raise errors.UsageError(
+        f'{policy} fits each client\'s width to the round\'s deadline; use '
+        f'--round_policy=deadline_partial or deadline_drop, not '
+        f'{s.round_policy}')
+  refusals = [
+      (config.algorithm == 'fedsgd', f'--algorithm={config.algorithm}',
+       'its TFF client work sends no coordinate masks; use fedavg or '
+       'fedprox'),
+      (config.aggregator != 'mean', f'--aggregator={config.aggregator}',
+       'sub-models are averaged by the masked mean, which --aggregator=mean '
+       'selects'),
+      (agg.dp, f'--dp_noise_multiplier={agg.dp_noise_multiplier}',
+       'the DP mean divides by a fixed client count, not by each '
+       'coordinate\'s holders'),
+      (agg.compression, '--compression',
+       'quantizing full-shape updates leaks the zeros of coordinates a '
+       'client does not hold into the others'),
+      (agg.clip_norm > 0, f'--clip_norm={agg.clip_norm}',
+       'it would clip the coordinate masks with the update'),
+      (agg.zeroing, '--zeroing',
+       'it would measure the coordinate masks with the update'),
+      (s.feedback.feedback, '--feedback',
+       'its step bounds are computed for the full model'),
+      (s.selection.client_selection == 'oort',
+       '--client_selection=oort',
+       'its system utility uses the full model\'s round times'),
+  ]
+  for refused, flag, why in refusals:
+    if refused:
+      raise errors.UsageError(f'{flag} cannot be combined with {policy}: '
+                              f'{why}')

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,6 +67,11 @@ class Task:
     key_metric: The evaluation metric shown on the progress bar.
     summary_extras: Maps final weights to extra `summary.json` fields.
     facts: Static facts about the task, recorded in `summary.json`.
+    model_builder_at_width: Returns the model's width-w sub-model (HeteroFL,
+      `models/width.py`), initialised as `model_builder`'s; None if the
+      task has no width-scaled models.
+    evaluate_at_width: Maps a width-w sub-model's trainable weights and w to
+      the metrics of `evaluate`; None without width-scaled models.
   """
 
   name: str
@@ -77,6 +83,8 @@ class Task:
   key_metric: str
   summary_extras: Callable[[Weights], dict[str, Any]] = lambda weights: {}
   facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  model_builder_at_width: Callable[[float], tf.keras.Model] | None = None
+  evaluate_at_width: Callable[[Weights, float], dict[str, float]] | None = None
 
   def __post_init__(self):
     model = self.model_builder()
@@ -314,6 +322,20 @@ def build_mnist_task(
 
   evaluate = _classifier_evaluator(model_builder, arrays.test_x,
                                    arrays.test_y, holdout)
+
+  def model_builder_at_width(width: float) -> tf.keras.Model:
+    return model_builder_for_seed(spec.seed, mnist_lib.IMAGE_SIZE,
+                                  width=width)
+
+  evaluators: dict[float, Callable[[Weights], dict[str, float]]] = {}
+
+  def evaluate_at_width(weights: Weights, width: float) -> dict[str, float]:
+    if width not in evaluators:
+      evaluators[width] = _classifier_evaluator(
+          functools.partial(model_builder_at_width, width), arrays.test_x,
+          arrays.test_y, holdout)
+    return evaluators[width](weights)
+
   sizes = train_data.client_sizes()
   return Task(
       name='mnist',
@@ -323,6 +345,8 @@ def build_mnist_task(
       train_data=train_data,
       evaluate=evaluate,
       key_metric='accuracy',
+      model_builder_at_width=model_builder_at_width,
+      evaluate_at_width=evaluate_at_width,
       facts={
           'data_source': arrays.source,
           'model': spec.model,

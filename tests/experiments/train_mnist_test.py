@@ -168,21 +168,9 @@ def test_sigkill_after_a_checkpoint_then_rerun_gives_the_same_model(tmp_path):
 
   root = tmp_path / 'killed'
   before = helpers.worker_binary_pids()
-  process = helpers.start_binary(MODULE, *args, f'--root_output_dir={root}',
-                                 capture=False)
   summary_path = root / 'results' / 'kill' / 'summary.json'
-  try:
-    # The summary is rewritten after each round's checkpoint is saved, so
-    # "3 rounds completed" means round 3's checkpoint is whole (waiting for
-    # its directory alone raced with the summary write).
-    assert workers.wait_until(
-        lambda: helpers.rounds_completed(summary_path) >= 3, timeout=600,
-        interval=0.02)
-    assert process.poll() is None, 'the run ended before it could be killed'
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-  finally:
-    process.kill()
+  helpers.kill_after_rounds(MODULE, [*args, f'--root_output_dir={root}'],
+                            summary_path, 3)
   # The kernel stops the worker of a SIGKILLed run (PR_SET_PDEATHSIG).
   assert workers.wait_until(lambda: not helpers.leaked_worker_pids(before),
                             timeout=10)

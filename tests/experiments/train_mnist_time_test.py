@@ -92,7 +92,4 @@ def test_bad_simulated_time_input_gets_one_line(tmp_path, args, message):
   done = helpers.run_binary_in_process(
       MODULE, '--experiment_name=bad', f'--root_output_dir={tmp_path}', *TINY,
       *args)
-  assert done.returncode == 2, done.stderr
-  errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and message in errors[0], done.stderr
-  assert 'Traceback' not in done.stderr
+  helpers.assert_one_line_error(done, message)

@@ -17,9 +17,14 @@ def test_rss_is_psutils_reading_in_mib():
 
 
 def test_worker_column_sums_local_workers_and_is_nan_without_them():
+  # The child says it is up before it is measured: a child still loading
+  # the interpreter grows between the two readings (seen on a loaded
+  # machine: 0.008 MiB, then 13 MiB).
   child = subprocess.Popen([sys.executable, '-c', 'import time; '
-                            'time.sleep(60)'])
+                            'print("up", flush=True); time.sleep(60)'],
+                           stdout=subprocess.PIPE, text=True)
   try:
+    assert child.stdout.readline() == 'up\n'
     child_mib = psutil.Process(child.pid).memory_info().rss / 2**20
     row = memory.round_metrics([child.pid, child.pid])
     assert row[memory.WORKER_RSS] == pytest.approx(2 * child_mib, abs=2)

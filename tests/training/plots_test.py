@@ -46,3 +46,19 @@ def test_a_real_png_against_simulated_time(tmp_path):
                            ylabel='y', xlabel='simulated seconds')
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_history_plots_each_widths_accuracy(monkeypatch):
+  calls = _capture(monkeypatch)
+  history = [
+      {'round_num': 1.0, 'eval/accuracy': 0.5, 'eval_width/0.5/accuracy': 0.4,
+       'eval_width/0.0625/accuracy': 0.2, 'eval_width/0.5/loss': 1.0},
+      {'round_num': 2.0, 'eval/accuracy': 0.7, 'eval_width/0.5/accuracy': 0.6,
+       'eval_width/0.0625/accuracy': 0.3},
+  ]
+  written = plots.plot_history(history, lambda name: f'/r/{name}', 'exp')
+  assert written[-1] == '/r/accuracy_by_width.png'
+  assert calls[-1][1] == {
+      'global model (width 1)': [(1.0, 0.5), (2.0, 0.7)],
+      'width 0.5 sub-model': [(1.0, 0.4), (2.0, 0.6)],
+      'width 0.0625 sub-model': [(1.0, 0.2), (2.0, 0.3)]}

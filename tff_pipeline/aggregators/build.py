@@ -48,6 +48,7 @@ from tff_pipeline import config as config_lib
 from tff_pipeline import registry
 from tff_pipeline.aggregators import compensation
 from tff_pipeline.aggregators import finite_guard
+from tff_pipeline.aggregators import masked_mean
 from tff_pipeline.aggregators import precise_sum
 from tff_pipeline.aggregators import robust
 
@@ -173,6 +174,29 @@ def _trimmed_mean(
 ) -> tff.aggregators.WeightedAggregationFactory:
   return _wrapped(config,
                   robust.TrimmedMeanFactory(config.aggregation.trim_fraction))
+
+
+def build_masked_mean(
+    config: config_lib.TrainingConfig,
+) -> masked_mean.MaskedMeanFactory:
+  """The masked mean of width-scaled sub-models (`--model_width_policy`).
+
+  `--aggregator=mean` becomes it when clients train sub-models (HeteroFL):
+  each coordinate averaged over the clients that hold it. Its two sums are
+  the float64 sums of `mean`, or secure sums with `--secure_aggregation`
+  (the mean's adaptive value bound; the weight sum, now model-sized, with
+  the mean's weight bound). `config.check_combinations` refuses what
+  cannot compose with it (docs/heterofl.md).
+  """
+  if config.aggregation.secure_aggregation:
+    bound = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+        secure_estimation=True, **_SECURE_BOUND)
+    return masked_mean.MaskedMeanFactory(
+        value_sum_factory=tff.aggregators.SecureSumFactory(bound),
+        weight_sum_factory=tff.aggregators.SecureSumFactory(
+            upper_bound_threshold=_SECURE_MAX_WEIGHT,
+            lower_bound_threshold=0.0))
+  return masked_mean.MaskedMeanFactory()
 
 
 def build_aggregator(

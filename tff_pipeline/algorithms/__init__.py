@@ -7,6 +7,7 @@ from tff_pipeline.algorithms.build import build_algorithm
 from tff_pipeline.algorithms.build import build_fedavg
 from tff_pipeline.algorithms.build import build_fedprox
 from tff_pipeline.algorithms.build import build_fedsgd
+from tff_pipeline.algorithms.build import build_width_masked
 from tff_pipeline.algorithms.build import CLIENT_LOOP
 from tff_pipeline.algorithms.build import ClientInputFn
 from tff_pipeline.algorithms.build import ModelFn

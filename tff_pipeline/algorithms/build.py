@@ -51,6 +51,7 @@ from tff_pipeline import faults
 from tff_pipeline import registry
 from tff_pipeline.algorithms import compensation_client_work
 from tff_pipeline.algorithms import optimizers
+from tff_pipeline.models import width as width_lib
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 CLIENT_LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
@@ -115,15 +116,27 @@ def _build_composed(
     config: config_lib.TrainingConfig,
     factory: tff.aggregators.WeightedAggregationFactory,
     proximal_strength: float = 0.0,
+    width_spec: width_lib.WidthSpec | None = None,
+    output_scaler: bool = False,
 ) -> Algorithm:
   """FedAvg/FedProx composed from TFF templates around our client work.
 
   The client work reports what `factory` declares it needs
   (`client_reports.needs_of`): an aggregator that consumes the full report
   gets it; any other receives the model delta, weighted by the examples
-  processed as in TFF's FedAvg.
+  processed as in TFF's FedAvg. With a `width_spec`, clients train
+  width-scaled sub-models (`build_width_masked`), with HeteroFL's scaler
+  if `output_scaler`.
+
+  Raises:
+    ValueError: if `width_spec` is given and `factory` does not consume
+      coordinate masks (it would average the zeros of clients that do not
+      hold a coordinate), or `output_scaler` is set without `width_spec`.
   """
   needs = client_reports.needs_of(factory)
+  if width_spec is not None and not needs.coordinate_mask:
+    raise ValueError(f'{factory!r} does not consume coordinate masks; '
+                     'width-scaled sub-models need the masked mean')
   factory = client_reports.for_reported_updates(factory)
 
   @tff.tensorflow.computation
@@ -136,6 +149,8 @@ def _build_composed(
       proximal_strength=proximal_strength,
       measure_loss=needs.pre_training_loss,
       weighting=needs.weighting,
+      width_spec=width_spec,
+      output_scaler=output_scaler,
   )
   update_type = client_work.next.type_signature.result.result.member.update
   process = tff.learning.templates.compose_learning_process(
@@ -147,7 +162,36 @@ def _build_composed(
           optimizers.build_optimizer(config.server_optimizer),
           model_weights_type),
   )
-  return Algorithm(process, compensation_client_work.client_input)
+  if width_spec is None:
+    return Algorithm(process, compensation_client_work.client_input)
+  return Algorithm(process, compensation_client_work.width_client_input(
+      width_spec, output_scaler=output_scaler))
+
+
+def build_width_masked(
+    model_fn: ModelFn,
+    config: config_lib.TrainingConfig,
+    factory: tff.aggregators.WeightedAggregationFactory,
+    spec: width_lib.WidthSpec,
+    *,
+    output_scaler: bool = False,
+) -> Algorithm:
+  """HeteroFL (Diao et al. 2021, arXiv 2010.01264): FedAvg of sub-models.
+
+  FedAvg (FedProx with `config.proximal_strength`) composed around
+  `compensation_client_work.build_width_masked_client_work`: each client
+  trains the sub-model of its width, and `factory` (the masked mean,
+  `aggregators.masked_mean.MaskedMeanFactory`) averages each coordinate
+  over the clients that hold it. The `Algorithm`'s `client_input` takes
+  the client's width as a fifth argument (default 1). With `output_scaler`,
+  clients apply the paper's scaler (sec. 3): hidden layers' outputs divided
+  by the width in local training. `training.loop.build_algorithm` builds
+  it for `--algorithm=fedavg` (mu = 0) or `fedprox` when
+  `--model_width_policy` is not `full`.
+  """
+  mu = config.proximal_strength if config.algorithm == 'fedprox' else 0.0
+  return _build_composed(model_fn, config, factory, proximal_strength=mu,
+                         width_spec=spec, output_scaler=output_scaler)
 
 
 @ALGORITHMS.register('fedavg', 'federated averaging weighted by example count')

@@ -1,4 +1,8 @@
-"""Keras model builders, by name (`--model`): see `builders.py`."""
+"""Keras model builders, by name (`--model`): see `builders.py`.
+
+Width-scaled HeteroFL sub-models (cuts, masks, sizes) are in `width.py`;
+`flops.py` counts what a model costs to train.
+"""
 
 from tff_pipeline.models.builders import build_2nn
 from tff_pipeline.models.builders import build_cnn

@@ -14,18 +14,31 @@ by hand.
 Every builder takes the run's seed; the initialisers are seeded from it, so a
 seed always gives the same initial model. MNIST models output logits for
 10 classes from flat 784-pixel inputs.
+
+Every builder also takes a `width` w in (0, 1] (default 1, the model above):
+the HeteroFL sub-model (Diao et al. 2021, arXiv 2010.01264) with
+ceil(w * units) units in each hidden layer, inputs and outputs unchanged;
+`width.py` cuts the global model's weights to fit it. `linear` has no hidden
+layer, so every width builds the same model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import tensorflow as tf
 
 from tff_pipeline import registry
+from tff_pipeline.models import width as width_lib
 
-ModelBuilder = Callable[[int, int], tf.keras.Model]
-"""(seed, input_dim) -> a freshly built, uncompiled Keras model."""
+
+class ModelBuilder(Protocol):
+  """(seed, input_dim, *, width) -> a freshly built, uncompiled Keras model."""
+
+  def __call__(self, seed: int, input_dim: int = ..., *,
+               width: float = width_lib.FULL_WIDTH) -> tf.keras.Model:
+    ...
+
 
 MODELS: registry.Registry[ModelBuilder] = registry.Registry('model', '--model')
 
@@ -37,22 +50,25 @@ def _glorot(seed: int, layer: int) -> tf.keras.initializers.Initializer:
 
 @MODELS.register('cnn', 'FedAvg paper CNN, 1,663,370 parameters',
                  tags=('mnist',))
-def build_cnn(seed: int, input_dim: int = 784) -> tf.keras.Model:
+def build_cnn(seed: int, input_dim: int = 784, *,
+              width: float = width_lib.FULL_WIDTH) -> tf.keras.Model:
   """The CNN of McMahan et al. 2017 for 28x28 grayscale digits."""
   if input_dim != 784:
     raise ValueError(f'the cnn expects 784 inputs, got {input_dim}')
+  conv1, conv2, hidden = (width_lib.kept_units(n, width)
+                          for n in (32, 64, 512))
   layers = tf.keras.layers
   return tf.keras.Sequential([
       layers.InputLayer(input_shape=(784,)),
       layers.Reshape((28, 28, 1)),
-      layers.Conv2D(32, 5, padding='same', activation='relu',
+      layers.Conv2D(conv1, 5, padding='same', activation='relu',
                     kernel_initializer=_glorot(seed, 0)),
       layers.MaxPool2D(2, padding='same'),
-      layers.Conv2D(64, 5, padding='same', activation='relu',
+      layers.Conv2D(conv2, 5, padding='same', activation='relu',
                     kernel_initializer=_glorot(seed, 1)),
       layers.MaxPool2D(2, padding='same'),
       layers.Flatten(),
-      layers.Dense(512, activation='relu',
+      layers.Dense(hidden, activation='relu',
                    kernel_initializer=_glorot(seed, 2)),
       layers.Dense(10, kernel_initializer=_glorot(seed, 3)),
   ], name='cnn')
@@ -60,21 +76,27 @@ def build_cnn(seed: int, input_dim: int = 784) -> tf.keras.Model:
 
 @MODELS.register('2nn', 'FedAvg paper 2NN (200-200 ReLU), 199,210 parameters',
                  tags=('mnist',))
-def build_2nn(seed: int, input_dim: int = 784) -> tf.keras.Model:
+def build_2nn(seed: int, input_dim: int = 784, *,
+              width: float = width_lib.FULL_WIDTH) -> tf.keras.Model:
   """The multilayer perceptron of McMahan et al. 2017."""
+  hidden = width_lib.kept_units(200, width)
   layers = tf.keras.layers
   return tf.keras.Sequential([
       layers.InputLayer(input_shape=(input_dim,)),
-      layers.Dense(200, activation='relu', kernel_initializer=_glorot(seed, 0)),
-      layers.Dense(200, activation='relu', kernel_initializer=_glorot(seed, 1)),
+      layers.Dense(hidden, activation='relu',
+                   kernel_initializer=_glorot(seed, 0)),
+      layers.Dense(hidden, activation='relu',
+                   kernel_initializer=_glorot(seed, 1)),
       layers.Dense(10, kernel_initializer=_glorot(seed, 2)),
   ], name='2nn')
 
 
 @MODELS.register('linear', 'linear regression, zero-initialised')
-def build_linear(seed: int, input_dim: int = 1) -> tf.keras.Model:
+def build_linear(seed: int, input_dim: int = 1, *,
+                 width: float = width_lib.FULL_WIDTH) -> tf.keras.Model:
   """y = x . w + b with w = 0 and b = 0 at the start."""
   del seed  # Zero initialisation needs no randomness.
+  width_lib.check_width(width)  # No hidden layer: every width is the model.
   return tf.keras.Sequential([
       tf.keras.layers.InputLayer(input_shape=(input_dim,)),
       tf.keras.layers.Dense(1, kernel_initializer='zeros',

@@ -35,6 +35,7 @@ from tff_pipeline.models import flops
 from tff_pipeline.scheduling import clock
 from tff_pipeline.scheduling import devices as devices_lib
 from tff_pipeline.scheduling import policies
+from tff_pipeline.scheduling import widths as widths_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,17 @@ class ScheduledRound:
       only under the `budgets` policy).
     minority_share: Share of the trained clients in the slow minority, or
       None without a minority.
+    width_indices: Each candidate's width, as an index into
+      `width_costs.widths`; None when every client trains the whole model.
+    width_costs: The run's widths and their costs, or None.
   """
 
   candidates: list[str]
   plan: policies.RoundPlan
   stragglers: int
   minority_share: float | None
+  width_indices: np.ndarray | None = None
+  width_costs: widths_lib.WidthCosts | None = None
 
   @property
   def client_ids(self) -> list[str]:
@@ -65,6 +71,15 @@ class ScheduledRound:
     """Local steps of each client that trains (`client_ids` order)."""
     return [int(s) for s, kept in zip(self.plan.steps, self.plan.kept)
             if kept]
+
+  @property
+  def widths(self) -> list[float] | None:
+    """The width of each client that trains (`client_ids` order), or None
+    when every client trains the whole model."""
+    if self.width_indices is None:
+      return None
+    return [self.width_costs.widths[j] for j in
+            self.width_indices[self.plan.kept]]
 
   def stats(self) -> dict[str, float]:
     """The round's `time/` columns (docs/outputs.md) and straggler count."""
@@ -79,6 +94,9 @@ class ScheduledRound:
       row['time/deadline_missed'] = float(self.plan.deadline_missed)
     if self.minority_share is not None:
       row['time/minority_share'] = self.minority_share
+    if self.width_indices is not None:
+      row.update(widths_lib.round_stats(self.width_costs, self.width_indices,
+                                        self.plan.kept))
     return row
 
 
@@ -110,11 +128,43 @@ class Scheduler:
     self.comm_seconds = clock.communication_seconds(
         self.payload.broadcast_bytes, self.payload.upload_bytes,
         self.devices.down_mbps, self.devices.up_mbps)
+    self._init_widths(model)
     minority = devices_lib.minority(config, num_clients)
     self._minority = None if minority is None else frozenset(minority)
     self._uniform = tff.simulation.build_uniform_sampling_fn(
         self.client_ids, replace=False, random_seed=config.seed)
     self.elapsed_seconds = 0.0
+
+  def _init_widths(self, model: Any) -> None:
+    """The widths' costs and the policy (HeteroFL), if sub-models train."""
+    settings = self.config.model_width
+    self.width_policy = widths_lib.WIDTH_POLICIES.get(
+        settings.model_width_policy)
+    self.width_costs: widths_lib.WidthCosts | None = None
+    self.width_spec = None
+    if not settings.enabled:
+      return
+    self.width_spec = widths_lib.task_width_spec(self.task, self.config)
+    sub_models = [self.task.model_builder_at_width(w)
+                  for w in settings.widths]
+    self.width_costs = widths_lib.width_costs(
+        settings.widths,
+        [[int(np.prod(w.shape)) for w in m.trainable_weights]
+         for m in sub_models],
+        [int(np.prod(w.shape)) for w in model.non_trainable_weights],
+        [float(flops.train_flops(m)['train_per_example'])
+         for m in sub_models],
+        self.config)
+    costs = self.width_costs
+    # [clients, widths]: seconds to receive and send each sub-model.
+    self.width_comm_seconds = np.stack([
+        clock.communication_seconds(b, u, self.devices.down_mbps,
+                                    self.devices.up_mbps)
+        for b, u in zip(costs.broadcast_bytes, costs.upload_bytes)], axis=1)
+    self._fixed_widths = None
+    if settings.model_width_policy == 'mix':
+      self._fixed_widths = widths_lib.mix_assignment(
+          self.config.seed, settings.mix, len(self.client_ids))
 
   # --- which clients ---------------------------------------------------------
 
@@ -144,17 +194,25 @@ class Scheduler:
 
   # --- how much work, how long ---------------------------------------------
 
-  def step_seconds(self, client_id: str) -> float:
+  def step_seconds(self, client_id: str,
+                   flops_per_example: float | None = None) -> float:
     """Simulated seconds of one local step of `client_id` on its device.
 
     An epoch costs FLOPs per example * the client's examples; a step costs
     an epoch's share (so the last, smaller batch is not overcounted).
+
+    Args:
+      client_id: The client.
+      flops_per_example: Training FLOPs per example of the model it trains;
+        the whole model's by default.
     """
+    if flops_per_example is None:
+      flops_per_example = self.flops_per_example
     index = self.task.train_data.client_index(client_id)
     examples = self.task.train_data.num_examples(client_id)
     steps = self.task.steps_per_epoch(client_id, self.config.client_batch_size)
     per_step = examples / steps if steps else 0.0
-    return float(clock.seconds_per_step(per_step * self.flops_per_example,
+    return float(clock.seconds_per_step(per_step * flops_per_example,
                                         self.devices.gflops[index]))
 
   def work(self, round_num: int, client_ids: Sequence[str],
@@ -195,14 +253,65 @@ class Scheduler:
     """
     wanted = self.config.clients_per_round if wanted is None else wanted
     work, stragglers = self.work(round_num, client_ids, wanted)
-    plan = self.policy.plan(work, self.deadline)
+    deadline, width_indices = self.deadline, None
+    if self.width_costs is not None:
+      work, deadline, width_indices = self._sized(work, client_ids)
+    plan = self.policy.plan(work, deadline)
     share = None
     if self._minority is not None:
       trained = [self.task.train_data.client_index(c)
                  for c, kept in zip(client_ids, plan.kept) if kept]
       share = float(np.mean([k in self._minority for k in trained]))
     return ScheduledRound(candidates=list(client_ids), plan=plan,
-                          stragglers=stragglers, minority_share=share)
+                          stragglers=stragglers, minority_share=share,
+                          width_indices=width_indices,
+                          width_costs=self.width_costs)
+
+  def _sized(self, work: policies.RoundWork, client_ids: Sequence[str]
+             ) -> tuple[policies.RoundWork, policies.Deadline, np.ndarray]:
+    """The candidates' widths, and their work at those widths.
+
+    The deadline a width must fit (`capacity`) is the one the round policy
+    would set for the whole model; the round is then planned with it fixed,
+    so a deadline quantile is not recomputed from the sub-models' times.
+    """
+    costs = self.width_costs
+    indices = np.array([self.task.train_data.client_index(c)
+                        for c in client_ids], np.int64)
+    step_seconds = np.array([[self.step_seconds(c, f)
+                              for f in costs.flops_per_example]
+                             for c in client_ids]).reshape(
+                                 len(client_ids), len(costs.widths))
+    deadline = self.deadline
+    limit = None
+    if self.width_policy.uses_deadline:
+      limit = deadline.resolve(work.full_seconds())
+      deadline = policies.Deadline(seconds=limit)
+    chosen = self.width_policy.assign(widths_lib.WidthRequest(
+        client_indices=indices, full_steps=work.full_steps,
+        step_seconds=step_seconds,
+        comm_seconds=self.width_comm_seconds[indices],
+        deadline_seconds=limit, fixed=self._fixed_widths))
+    rows = np.arange(len(client_ids))
+    sized = dataclasses.replace(
+        work, step_seconds=step_seconds[rows, chosen],
+        comm_seconds=self.width_comm_seconds[indices, chosen])
+    return sized, deadline, chosen
+
+  def round_bytes(self, scheduled: ScheduledRound) -> tuple[float, float]:
+    """(bytes broadcast, bytes uploaded) in a round.
+
+    Every candidate receives the model (its sub-model); only the kept ones
+    upload.
+    """
+    kept = scheduled.plan.kept
+    if scheduled.width_indices is None:
+      return (float(self.payload.broadcast_bytes * len(scheduled.candidates)),
+              float(self.payload.upload_bytes * int(np.sum(kept))))
+    chosen = scheduled.width_indices
+    costs = self.width_costs
+    return (float(np.sum(costs.broadcast_bytes[chosen])),
+            float(np.sum(costs.upload_bytes[chosen[kept]])))
 
   # --- the clock, as program state -------------------------------------------
 

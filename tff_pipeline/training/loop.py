@@ -44,9 +44,11 @@ from tff_pipeline import faults as faults_lib
 from tff_pipeline import privacy
 from tff_pipeline import runtime as runtime_lib
 from tff_pipeline import tasks as tasks_lib
+from tff_pipeline.models import width as width_lib
 from tff_pipeline.runtime import lifecycle
 from tff_pipeline.scheduling import scheduler as scheduler_lib
 from tff_pipeline.scheduling import selecting
+from tff_pipeline.scheduling import widths as widths_lib
 from tff_pipeline.training import checkpoints as checkpoints_lib
 from tff_pipeline.training import memory
 from tff_pipeline.training import outputs as outputs_lib
@@ -100,7 +102,17 @@ def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
 def build_algorithm(
     task: tasks_lib.Task, config: config_lib.TrainingConfig
 ) -> algorithms.Algorithm:
-  """The learning process for `config.algorithm` and `config.aggregator`."""
+  """The learning process for `config.algorithm` and `config.aggregator`.
+
+  When clients train width-scaled sub-models (`--model_width_policy`), it is
+  HeteroFL's (`algorithms.build.build_width_masked` around the masked mean):
+  its `client_input` takes each client's width.
+  """
+  if config.model_width.enabled:
+    return algorithms.build_width_masked(
+        task.tff_model_fn(), config, aggregators.build_masked_mean(config),
+        widths_lib.task_width_spec(task, config),
+        output_scaler=config.model_width.model_width_scaler)
   return algorithms.build_algorithm(
       task.tff_model_fn(), config, aggregators.build_aggregator(config)
   )
@@ -113,18 +125,23 @@ def client_inputs(
     round_num: int,
     client_ids: Sequence[str],
     steps: Sequence[int],
+    widths: Sequence[float] | None = None,
 ) -> tuple[list[Any], dict[str, float]]:
   """The training clients' data for one round, and compute statistics.
 
   Each client gets one epoch of its data shuffled with a seed derived from
   (seed, round, client), and its budget of local steps from the round's plan
   (`scheduler.ScheduledRound.steps`): E full epochs, or less when the round
-  policy or `config.heterogeneity` says so.
+  policy or `config.heterogeneity` says so. With `widths` (HeteroFL), each
+  client's width goes with its data.
   """
   inputs = []
   fault_codes = config.faults.fault_codes(config.seed, round_num,
                                           len(client_ids))
-  for cid, fault, budget in zip(client_ids, fault_codes, steps):
+  width_args = ([()] * len(client_ids) if widths is None
+                else [(w,) for w in widths])
+  for cid, fault, budget, width in zip(client_ids, fault_codes, steps,
+                                       width_args):
     index = task.train_data.client_index(cid)
     epoch = task.client_epoch(
         cid, batch_size=config.client_batch_size,
@@ -132,7 +149,8 @@ def client_inputs(
     num_examples = task.train_data.num_examples(cid)
     if fault == faults_lib.ZERO_EXAMPLES:
       epoch, num_examples = epoch.take(0), 0
-    inputs.append(algorithm.client_input(epoch, budget, num_examples, fault))
+    inputs.append(algorithm.client_input(epoch, budget, num_examples, fault,
+                                         *width))
   stats = {
       'compute/mean_local_steps': float(np.mean(steps)),
       'compute/min_local_steps': float(np.min(steps)),
@@ -217,7 +235,8 @@ def run_round(
   planned = time.perf_counter()
   client_ids = scheduled.client_ids
   inputs, compute_stats = client_inputs(task, config, algorithm, round_num,
-                                        client_ids, scheduled.steps)
+                                        client_ids, scheduled.steps,
+                                        scheduled.widths)
   built = time.perf_counter()
   output = algorithm.process.next(state, inputs)
   weights = list(output.state.global_model_weights.trainable)
@@ -364,6 +383,11 @@ def _train(
       'upload_bits_per_value': per_client.upload_bits_per_value,
       **privacy_facts,
   }
+  if scheduler.width_costs is not None:
+    run_facts['model_width_policy'] = (
+        config.model_width.model_width_policy)
+    run_facts['model_width_scaler'] = config.model_width.model_width_scaler
+    run_facts['model_widths'] = scheduler.width_costs.facts()
 
   def write_summary(status: str, round_num: int) -> dict[str, Any]:
     history = recorder.history
@@ -402,11 +426,9 @@ def _train(
       state, weights, row = result.state, result.weights, result.row
       row.update(scheduler.finish_round(round_num, result.scheduled, row,
                                         weights))
-      # Every candidate receives the model; only the kept ones upload.
-      row['communication/bytes_broadcast'] = float(
-          per_client.broadcast_bytes * len(result.scheduled.candidates))
-      row['communication/bytes_uploaded'] = float(
-          per_client.upload_bytes * len(result.client_ids))
+      (row['communication/bytes_broadcast'],
+       row['communication/bytes_uploaded']) = scheduler.round_bytes(
+           result.scheduled)
       if epsilons:
         row['privacy/epsilon'] = epsilons[round_num - 1]
       row['round_seconds'] = time.perf_counter() - round_start
@@ -414,6 +436,7 @@ def _train(
           or round_num == config.total_rounds):
         for name, value in task.evaluate(weights).items():
           row[f'eval/{name}'] = value
+        row.update(_sub_model_evaluation(task, scheduler, weights))
       row.update(memory_probe())
       recorder.release(round_num, row)
       if (round_num % config.rounds_per_checkpoint == 0
@@ -448,6 +471,28 @@ def _train(
       plots.plot_history(recorder.history, paths.result, config.experiment_name)
   outputs_lib.atomic_save_npz(paths.weights_npz, weights)
   return RunResult(recorder.history, weights, summary, paths)
+
+
+def _sub_model_evaluation(
+    task: tasks_lib.Task, scheduler: scheduler_lib.Scheduler,
+    weights: Sequence[np.ndarray]) -> dict[str, float]:
+  """`eval_width/<w>/<metric>`: each narrower width's sub-model, cut from
+  the global model (`width.extract`) and evaluated as the global model is
+  (HeteroFL reports every width's accuracy); with the scaler, as it trains
+  (`width.scaled`). Empty without sub-models."""
+  if scheduler.width_costs is None:
+    return {}
+  row = {}
+  spec = scheduler.width_spec
+  for w in scheduler.width_costs.widths:
+    if w == width_lib.FULL_WIDTH:
+      continue
+    sub = width_lib.extract(weights, spec, w)
+    if scheduler.config.model_width.model_width_scaler:
+      sub = width_lib.scaled(sub, spec, w)
+    for name, value in task.evaluate_at_width(sub, w).items():
+      row[f'eval_width/{widths_lib.label(w)}/{name}'] = value
+  return row
 
 
 def _non_finite_error(round_num: int, last_saved: int) -> errors.TrainingError:

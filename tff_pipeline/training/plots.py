@@ -74,7 +74,10 @@ def plot_history(
   One PNG per evaluation metric (`eval/<name>`), each with the matching
   training metric from the clients when there is one, and
   `accuracy_vs_simulated_time.png`: the evaluation accuracy against the
-  simulated clock (`time/elapsed_seconds`, docs/simulated_time.md).
+  simulated clock (`time/elapsed_seconds`, docs/simulated_time.md). With
+  width-scaled sub-models (docs/heterofl.md), `accuracy_by_width.png`: the
+  global model's accuracy and each width's sub-model's
+  (`eval_width/<w>/accuracy`).
   """
   written = []
   eval_names = sorted({
@@ -117,6 +120,22 @@ def plot_history(
         if 'eval/accuracy' in row and SIMULATED_SECONDS in row]},
                    title=f'{experiment_name}: accuracy in simulated time',
                    ylabel='accuracy', xlabel=SIMULATED_TIME_LABEL):
+      written.append(path)
+  widths = sorted({key.split('/')[1] for row in history for key in row
+                   if key.startswith('eval_width/')
+                   and key.endswith('/accuracy')}, key=float, reverse=True)
+  if widths:
+    series = {'global model (width 1)': [
+        (row['round_num'], row['eval/accuracy']) for row in history
+        if 'eval/accuracy' in row]}
+    for w in widths:
+      key = f'eval_width/{w}/accuracy'
+      series[f'width {w} sub-model'] = [
+          (row['round_num'], row[key]) for row in history if key in row]
+    path = results_dir_path('accuracy_by_width.png')
+    if plot_series(path, series,
+                   title=f'{experiment_name}: accuracy of each width',
+                   ylabel='accuracy'):
       written.append(path)
   return written
 
