@@ -51,6 +51,21 @@ COMBINATIONS = {
                             '--aggregator=compensated'],
     'clip_scale_faults': ['--clip_norm=1.0', '--faulty_client_fraction=0.25',
                           '--faulty_mode=scale'],
+    # HeteroFL (docs/heterofl.md) with what composes with its masked mean.
+    'heterofl_fedprox_adam': [
+        '--algorithm=fedprox', '--proximal_strength=0.1',
+        '--client_optimizer=adam', '--client_learning_rate=0.001',
+        '--model_width_policy=mix', '--model_widths=1,0.5,0.25',
+        '--model_width_mix=10,5,5'],
+    'heterofl_faults_server_adam': [
+        '--model_width_policy=mix', '--model_widths=1,0.25',
+        '--model_width_mix=10,10', '--faulty_client_fraction=0.25',
+        '--faulty_mode=nan', '--server_optimizer=adam',
+        '--server_learning_rate=0.01'],
+    'heterofl_drop_power_of_choice': [
+        '--model_width_policy=capacity', '--round_policy=deadline_drop',
+        '--deadline_quantile=0.5', '--capacity_profile=minority',
+        '--client_selection=power_of_choice', '--nomodel_width_scaler'],
 }
 
 
