@@ -249,18 +249,23 @@ class SchedulingConfig(settings.Validated):
 
 def _numbers(value: Any, kind: type) -> tuple | None:
   """`value` (a list flag's strings, or numbers) as a tuple of `kind`, or
-  None if an item is not one."""
+  None if an item is not one (for int, a whole number: not 10.5)."""
   try:
-    items = tuple(kind(v) if not isinstance(v, bool) else None
-                  for v in value)
-  except (TypeError, ValueError):
+    items = tuple(value)
+  except TypeError:
     return None
-  if any(item is None for item in items):
-    return None
-  if kind is int and any(str(v).strip() != str(int(v)) for v in value
-                         if isinstance(v, str)):
-    return None
-  return items
+  numbers = []
+  for item in items:
+    if isinstance(item, bool):
+      return None
+    try:
+      number = kind(item)
+      if kind is int and number != float(item):
+        return None
+    except (TypeError, ValueError, OverflowError):
+      return None
+    numbers.append(number)
+  return tuple(numbers)
 
 
 def _is_width_list(value: Any) -> bool:

@@ -198,3 +198,12 @@ def test_capacity_with_deadline_drop_keeps_the_first_to_finish_at_their_widths(
   # A narrower width only where the whole model would miss the deadline.
   narrow = scheduled.width_indices > 0
   assert (full.full_seconds()[narrow] > limit).all()
+
+
+@pytest.mark.parametrize('mix', [(10.5, 9.5), ('10', 'ten'), (True, 19)])
+def test_a_mix_of_non_whole_counts_is_refused(mix):
+  with pytest.raises(errors.UsageError,
+                     match='--model_width_mix=.* must be a list of client '
+                     'counts'):
+    config_lib.ModelWidthConfig(model_width_policy='mix',
+                                model_widths=(1.0, 0.5), model_width_mix=mix)
